@@ -23,30 +23,29 @@ the tables write them as null.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+#: An array, or a sequence of per-image 2-D arrays whose sizes may differ.
+ArrayOrMaps = np.ndarray | Sequence[np.ndarray]
 
 #: 8-connectivity inside each image and none across images of a (N, H, W) stack.
 _EIGHT_CONNECTED_PER_IMAGE = np.zeros((3, 3, 3), dtype=bool)
 _EIGHT_CONNECTED_PER_IMAGE[1] = True
 
 
-def _split_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _split_scores(scores: ArrayOrMaps, labels: ArrayOrMaps) -> tuple[np.ndarray, np.ndarray]:
     """Return (negative scores, positive scores), each sorted ascending."""
-    scores = np.asarray(scores)
-    labels = np.asarray(labels).astype(bool, copy=False)
-    if scores.shape != labels.shape:
-        raise ValueError(f"scores shape {scores.shape} != labels shape {labels.shape}")
-    if not np.issubdtype(scores.dtype, np.floating):
-        scores = scores.astype(np.float64)
-    scores = scores.ravel()
-    labels = labels.ravel()
-    return np.sort(scores[~labels]), np.sort(scores[labels])
+    pairs = _pairs(scores, labels)
+    neg = np.concatenate([score[~label] for score, label in pairs])
+    pos = np.concatenate([score[label] for score, label in pairs])
+    return np.sort(neg), np.sort(pos)
 
 
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+def auroc(scores: ArrayOrMaps, labels: ArrayOrMaps) -> float:
     """Area under the ROC curve of ``scores`` against binary ``labels`` (any equal shapes).
 
     Counts, for every positive, the negatives scored below it plus half those scored
@@ -61,7 +60,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((below + at_or_below).sum() / (2.0 * neg.size * pos.size))
 
 
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+def average_precision(scores: ArrayOrMaps, labels: ArrayOrMaps) -> float:
     """Average precision of ``scores`` against binary ``labels``, as scikit-learn defines it.
 
     Sum over distinct thresholds (descending) of the recall gained times the precision
@@ -83,7 +82,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def roc_points(
-    scores: np.ndarray, labels: np.ndarray, max_points: int = 1000
+    scores: ArrayOrMaps, labels: ArrayOrMaps, max_points: int = 1000
 ) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, TPR) points of the ROC curve for plotting, at most about ``max_points``.
 
@@ -115,28 +114,44 @@ class ProSegments:
     pro_end: np.ndarray
 
 
-def _region_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _region_pixels(maps: ArrayOrMaps, masks: ArrayOrMaps) -> tuple[np.ndarray, np.ndarray]:
     """Scores of all region pixels and each pixel's PRO weight 1/(|region| * regions)."""
-    regions, n_regions = ndimage.label(masks, structure=_EIGHT_CONNECTED_PER_IMAGE)
-    region_of_pixel = regions[masks]
+    if isinstance(maps, np.ndarray) and maps.ndim == 3:
+        regions, n_regions = ndimage.label(masks, structure=_EIGHT_CONNECTED_PER_IMAGE)
+        region_of_pixel = regions[masks]
+        scores = maps[masks]
+    else:  # maps of different sizes: label each image, numbering regions on from the last
+        ids, score_parts, n_regions = [], [], 0
+        for image_map, mask in zip(maps, masks, strict=True):
+            regions, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+            ids.append(regions[mask] + n_regions)
+            score_parts.append(image_map[mask])
+            n_regions += count
+        region_of_pixel, scores = np.concatenate(ids), np.concatenate(score_parts)
     if n_regions == 0:
-        return np.zeros(0, dtype=maps.dtype), np.zeros(0)
+        return scores, np.zeros(0)
     sizes = np.bincount(region_of_pixel, minlength=n_regions + 1).astype(np.float64)
     weights = 1.0 / (sizes[region_of_pixel] * n_regions)
-    return maps[masks], weights
+    return scores, weights
 
 
-def pro_segments(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> ProSegments:
+def pro_segments(maps: ArrayOrMaps, masks: ArrayOrMaps, fpr_limit: float = 0.3) -> ProSegments:
     """Compute the PRO curve's segments up to the first one that passes ``fpr_limit``.
 
     Raises ValueError for shapes that do not match or when the curve is undefined (no
     defect-free pixel or no region); :func:`aupro` turns the latter into ``nan``.
     """
-    maps, masks = _check_maps_masks(maps, masks)
+    pairs = _pairs(maps, masks)
+    if isinstance(maps, np.ndarray):
+        maps, masks = _stack(pairs)
+    else:
+        maps, masks = [m for m, _ in pairs], [k for _, k in pairs]
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     region_scores, region_weights = _region_pixels(maps, masks)
-    free = maps[~masks]
+    free = maps[~masks] if isinstance(maps, np.ndarray) else np.concatenate(
+        [m[~k] for m, k in zip(maps, masks, strict=True)]
+    )
     n_free = free.size
     if n_free == 0 or region_scores.size == 0:
         raise ValueError("PRO is undefined without defect-free pixels and defect regions")
@@ -170,11 +185,12 @@ def pro_segments(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) ->
     )
 
 
-def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+def aupro(maps: ArrayOrMaps, masks: ArrayOrMaps, fpr_limit: float = 0.3) -> float:
     """Area under the per-region-overlap curve up to ``fpr_limit``, divided by the limit.
 
     ``maps`` float (N, H, W) anomaly scores, ``masks`` bool (N, H, W) ground truth (a single
-    (H, W) map is accepted too). Exactly the algorithm of the module docstring; ``nan`` when
+    (H, W) map, or sequences of per-image maps and masks of differing sizes, are accepted
+    too). Exactly the algorithm of the module docstring; ``nan`` when
     there is no defect-free pixel or no defect region. Example: a map that scores every
     defect pixel above every defect-free pixel gives 1.0.
     """
@@ -197,7 +213,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
 
 
 def pro_points(
-    maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3
+    maps: ArrayOrMaps, masks: ArrayOrMaps, fpr_limit: float = 0.3
 ) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, PRO) polyline of the curve up to just past ``fpr_limit``, for plotting."""
     try:
@@ -211,16 +227,34 @@ def pro_points(
     return np.concatenate([[0.0], x]), np.concatenate([[0.0], y])
 
 
-def _check_maps_masks(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bring maps to float (N, H, W) and masks to bool of the same shape, or raise."""
-    maps = np.asarray(maps)
-    masks = np.asarray(masks).astype(bool, copy=False)
+def _pairs(maps: ArrayOrMaps, masks: ArrayOrMaps) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pair each map with its mask as (float array, bool array) of equal shape, or raise.
+
+    Accepts one array of any shape with a mask array of the same shape, or sequences of
+    per-image 2-D arrays (whose sizes may differ from image to image).
+    """
+    if isinstance(maps, np.ndarray) and isinstance(masks, np.ndarray):
+        maps_list, masks_list = [maps], [masks]
+    else:
+        maps_list, masks_list = list(maps), list(masks)
+        if len(maps_list) != len(masks_list):
+            raise ValueError(f"{len(maps_list)} maps but {len(masks_list)} masks")
+    pairs = []
+    for image_map, mask in zip(maps_list, masks_list, strict=True):
+        image_map, mask = np.asarray(image_map), np.asarray(mask).astype(bool, copy=False)
+        if image_map.shape != mask.shape:
+            raise ValueError(f"map shape {image_map.shape} != mask shape {mask.shape}")
+        if not np.issubdtype(image_map.dtype, np.floating):
+            image_map = image_map.astype(np.float64)
+        pairs.append((image_map, mask))
+    return pairs
+
+
+def _stack(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The single (map, mask) pair of an array input as (N, H, W); one (H, W) map is N=1."""
+    (maps, masks), = pairs
     if maps.ndim == 2:
-        maps = maps[None]
-    if masks.ndim == 2:
-        masks = masks[None]
-    if maps.shape != masks.shape or maps.ndim != 3:
-        raise ValueError(f"maps shape {maps.shape} and masks shape {masks.shape} must be (N, H, W)")
-    if not np.issubdtype(maps.dtype, np.floating):
-        maps = maps.astype(np.float64)
+        maps, masks = maps[None], masks[None]
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (N, H, W), got shape {maps.shape}")
     return maps, masks

@@ -11,21 +11,28 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 
-def literal_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float) -> float:
-    """The algorithm of PAPER_RESULTS.md written out step by step, as the test oracle."""
-    weights_free = np.zeros(maps.shape)
-    weights_region = np.zeros(maps.shape)
+def literal_aupro(maps, masks, fpr_limit: float) -> float:
+    """The algorithm of PAPER_RESULTS.md written out step by step, as the test oracle.
+
+    ``maps`` and ``masks`` are (N, H, W) arrays or lists of 2-D arrays."""
     regions_per_image = [ndimage.label(m, structure=np.ones((3, 3)))[0] for m in masks]
     n_regions = sum(int(r.max()) for r in regions_per_image)
-    weights_free[~masks] = 1.0 / (~masks).sum()
-    for i, regions in enumerate(regions_per_image):
+    n_free = sum(int((~m).sum()) for m in masks)
+    weights_free, weights_region = [], []
+    for mask, regions in zip(masks, regions_per_image, strict=True):
+        free = np.where(mask, 0.0, 1.0 / n_free)
+        region = np.zeros(mask.shape)
         for r in range(1, regions.max() + 1):
             inside = regions == r
-            weights_region[i][inside] = 1.0 / (inside.sum() * n_regions)
-    order = np.argsort(-maps.ravel(), kind="stable")
-    scores = maps.ravel()[order]
-    fpr = np.cumsum(weights_free.ravel()[order])
-    pro = np.cumsum(weights_region.ravel()[order])
+            region[inside] = 1.0 / (inside.sum() * n_regions)
+        weights_free.append(free.ravel())
+        weights_region.append(region.ravel())
+    all_scores = np.concatenate([m.ravel() for m in maps])
+    weights_free, weights_region = np.concatenate(weights_free), np.concatenate(weights_region)
+    order = np.argsort(-all_scores, kind="stable")
+    scores = all_scores[order]
+    fpr = np.cumsum(weights_free[order])
+    pro = np.cumsum(weights_region[order])
     last_of_run = np.append(scores[1:] != scores[:-1], True)
     fpr = np.concatenate([[0.0], fpr[last_of_run]])
     pro = np.concatenate([[0.0], pro[last_of_run]])
@@ -156,6 +163,13 @@ def test_aupro_equals_the_literal_algorithm_and_stays_at_most_one(
     assert 0.0 <= value <= 1.0
 
 
+def test_aupro_takes_a_list_of_maps_of_different_sizes() -> None:
+    rng = np.random.default_rng(5)
+    masks = [rng.random((9, 13)) > 0.7, rng.random((16, 5)) > 0.9, np.zeros((4, 4), bool)]
+    maps = [np.round(rng.random(m.shape), 1) + 0.2 * m for m in masks]
+    assert aupro(maps, masks) == pytest.approx(literal_aupro(maps, masks, 0.3), abs=1e-12)
+
+
 def test_pro_points_pass_through_the_curve_up_to_the_limit() -> None:
     fpr, pro = pro_points(np.array([[[0.9, 0.8, 0.4, 0.1]]]), np.array([[[1, 0, 1, 0]]], bool))
     assert list(zip(fpr, pro, strict=True)) == [(0.0, 0.0), (0.0, 0.5), (0.5, 0.5)]
@@ -181,6 +195,18 @@ def test_auroc_and_average_precision_take_pixel_maps_of_any_shape() -> None:
     assert auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
     assert average_precision(maps, masks) == pytest.approx(
         average_precision_score(masks.ravel(), maps.ravel())
+    )
+
+
+def test_auroc_and_average_precision_take_lists_of_maps_of_different_sizes() -> None:
+    rng = np.random.default_rng(6)
+    masks = [rng.random((9, 13)) > 0.7, rng.random((16, 5)) > 0.9]
+    maps = [rng.random(m.shape) + 0.5 * m for m in masks]
+    flat_maps = np.concatenate([m.ravel() for m in maps])
+    flat_masks = np.concatenate([m.ravel() for m in masks])
+    assert auroc(maps, masks) == pytest.approx(roc_auc_score(flat_masks, flat_maps))
+    assert average_precision(maps, masks) == pytest.approx(
+        average_precision_score(flat_masks, flat_maps)
     )
 
 
