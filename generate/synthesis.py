@@ -19,14 +19,14 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from nsa.errors import UserError
-from nsa.generate import patches as P
+from nsa.generate import patches as geometry
 from nsa.generate.labels import label_map
 from nsa.generate.objects import object_mask
 from nsa.generate.poisson import poisson_blend
 from nsa.generate.presets import SettingsError
 from nsa.generate.rng import example_rng
+
+from nsa.errors import UserError
 
 #: Why an example has no anomaly; index 0 (the empty string) means at least one patch
 #: was blended and changed some pixels. Shards store the index.
@@ -51,7 +51,7 @@ class Example:
     reason: str  # "" or why no anomaly was made, one of SKIP_REASONS
     dest_index: int = -1
     source_index: int = -1
-    patches: list[P.PatchRecord] = field(default_factory=list)  # every attempted patch
+    patches: list[geometry.PatchRecord] = field(default_factory=list)  # every attempted patch
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def check_image_pair(dest: np.ndarray, src: np.ndarray, settings: dict[str, Any]
 
 def check_image_size(height: int, width: int, settings: dict[str, Any]) -> None:
     """Raise :class:`ImageError` when an image is too small for the width bounds."""
-    bounds = P.WidthBounds.from_fractions(settings["width_bounds"], height, width)
+    bounds = geometry.WidthBounds.from_fractions(settings["width_bounds"], height, width)
     if min(bounds.min_h, bounds.min_w) < 1 or height < 8 or width < 8:
         raise ImageError(
             f"images of {height}x{width} pixels are too small for width_bounds "
@@ -117,7 +117,7 @@ def check_image_size(height: int, width: int, settings: dict[str, Any]) -> None:
             "(use larger images or larger width_bounds minimums)")
 
 
-def _sum_in(integral: np.ndarray, box: P.Box) -> int:
+def _sum_in(integral: np.ndarray, box: geometry.Box) -> int:
     y0, x0, y1, x1 = box
     return int(integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0])
 
@@ -133,7 +133,7 @@ class _Synthesizer:
                  dest_integral=None, src_integral=None):
         self.dest, self.src, self.p, self.rng = dest, src, p, rng
         self.height, self.width = dest.shape[:2]
-        self.bounds = P.WidthBounds.from_fractions(p.width_bounds, self.height, self.width)
+        self.bounds = geometry.WidthBounds.from_fractions(p.width_bounds, self.height, self.width)
         self.objects = (p.background is not None and not p.same and not p.cutpaste
                         and dest_object is not None and src_object is not None)
         self.dest_object = dest_object if self.objects else None
@@ -142,8 +142,8 @@ class _Synthesizer:
                              else _integral(self.src_object)) if self.objects else None
         self.result = dest.copy()
         self.region = np.zeros((self.height, self.width), bool)
-        self.boxes: list[P.Box] = []
-        self.records: list[P.PatchRecord] = []
+        self.boxes: list[geometry.Box] = []
+        self.records: list[geometry.PatchRecord] = []
         mode = p.mode
         if mode == "mix":
             mode = ("normal", "mixed")[int(rng.integers(2))]
@@ -155,7 +155,7 @@ class _Synthesizer:
         attempts = 1 if p.cutpaste else p.num_patches
         for i in range(attempts):
             if i == 0 or self.rng.integers(2) > 0:
-                record = P.PatchRecord()
+                record = geometry.PatchRecord()
                 self.records.append(record)
                 self._patch(record)
         label = label_map(self.dest, self.result, self.region, self.boxes, p.label_mode,
@@ -171,15 +171,15 @@ class _Synthesizer:
                        boxes=list(self.boxes), reason=reason, patches=self.records)
 
     # -- one patch -------------------------------------------------------------------
-    def _patch(self, record: P.PatchRecord) -> None:
+    def _patch(self, record: geometry.PatchRecord) -> None:
         p, rng, b = self.p, self.rng, self.bounds
         if p.cutpaste:
-            box = P.cutpaste_box(rng, self.height, self.width)
+            box = geometry.cutpaste_box(rng, self.height, self.width)
             shape_mask = np.ones((box[2] - box[0], box[3] - box[1]), np.uint8)
             record.half_widths = ((box[2] - box[0]) // 2, (box[3] - box[1]) // 2)
         else:
-            half_h = P.sample_half_width(rng, self.height, b.min_h, b.max_h, p.gamma_params)
-            half_w = P.sample_half_width(rng, self.width, b.min_w, b.max_w, p.gamma_params)
+            half_h = geometry.sample_half_width(rng, self.height, b.min_h, b.max_h, p.gamma_params)
+            half_w = geometry.sample_half_width(rng, self.width, b.min_w, b.max_w, p.gamma_params)
             record.half_widths = (half_h, half_w)
             found = self._source_location(half_h, half_w)
             if found is None:
@@ -197,11 +197,11 @@ class _Synthesizer:
                 limits = (1, self.height - 2, 1, self.width - 2)
             else:
                 limits = (b.min_h, b.max_h, b.min_w, b.max_w)
-            new_h, new_w = P.rescaled_size(scale, y1 - y0, x1 - x0, *limits)
-            patch = P.resize(patch, new_h, new_w)
-            shape_mask = P.resize(shape_mask, new_h, new_w)
+            new_h, new_w = geometry.rescaled_size(scale, y1 - y0, x1 - x0, *limits)
+            patch = geometry.resize(patch, new_h, new_w)
+            shape_mask = geometry.resize(shape_mask, new_h, new_w)
             if src_object is not None:
-                src_object = P.resize(src_object, new_h, new_w)
+                src_object = geometry.resize(src_object, new_h, new_w)
         dest_box = self._placement(box, patch.shape[0], patch.shape[1], shape_mask,
                                    src_object)
         if dest_box is None:
@@ -215,11 +215,12 @@ class _Synthesizer:
         p = self.p
         if self.objects and self.src_integral[-1, -1] == 0:
             return None  # no object anywhere in the source: no try can succeed
-        for _ in range(P.MAX_TRIES if self.objects else 1):
-            box = P.source_box(self.rng, self.height, self.width, self.bounds, half_h, half_w)
+        for _ in range(geometry.MAX_TRIES if self.objects else 1):
+            box = geometry.source_box(self.rng, self.height, self.width, self.bounds,
+                                      half_h, half_w)
             y0, x0, y1, x1 = box
             if p.num_ellipses is not None:
-                shape_mask = P.ellipse_mask(self.rng, y1 - y0, x1 - x0, p.num_ellipses,
+                shape_mask = geometry.ellipse_mask(self.rng, y1 - y0, x1 - x0, p.num_ellipses,
                                             self.bounds, half_h, half_w)
             else:
                 shape_mask = np.ones((y1 - y0, x1 - x0), np.uint8)
@@ -235,7 +236,7 @@ class _Synthesizer:
                 return box, shape_mask
         return None
 
-    def _placement(self, src_box: P.Box, h: int, w: int, shape_mask, src_object):
+    def _placement(self, src_box: geometry.Box, h: int, w: int, shape_mask, src_object):
         """Destination box for an (h, w) patch, or None when none is found."""
         p = self.p
         if not p.shift:
@@ -246,12 +247,12 @@ class _Synthesizer:
             if y0 < 0 or x0 < 0:
                 return None
             return (y0, x0, y0 + h, x0 + w)
-        lo_y, hi_y = P.centre_range(h, self.height)
-        lo_x, hi_x = P.centre_range(w, self.width)
+        lo_y, hi_y = geometry.centre_range(h, self.height)
+        lo_x, hi_x = geometry.centre_range(w, self.width)
         if hi_y <= lo_y or hi_x <= lo_x:
             return None
         if not self.objects:
-            return P.box_at(int(self.rng.integers(lo_y, hi_y)),
+            return geometry.box_at(int(self.rng.integers(lo_y, hi_y)),
                             int(self.rng.integers(lo_x, hi_x)), h, w)
         src_in_patch = (src_object & shape_mask).astype(bool)
         patch_area = int(shape_mask.sum())
@@ -259,8 +260,8 @@ class _Synthesizer:
         # the source-object fraction does not depend on the placement: check it once
         if patch_area == 0 or src_count / patch_area <= p.min_object_pct:
             return None
-        for _ in range(P.MAX_TRIES):
-            box = P.box_at(int(self.rng.integers(lo_y, hi_y)),
+        for _ in range(geometry.MAX_TRIES):
+            box = geometry.box_at(int(self.rng.integers(lo_y, hi_y)),
                            int(self.rng.integers(lo_x, hi_x)), h, w)
             y0, x0, y1, x1 = box
             both = np.count_nonzero(src_in_patch & self.dest_object[y0:y1, x0:x1].astype(bool))
@@ -268,7 +269,7 @@ class _Synthesizer:
                 return box
         return None
 
-    def _blend(self, record, box: P.Box, patch, shape_mask, src_object) -> None:
+    def _blend(self, record, box: geometry.Box, patch, shape_mask, src_object) -> None:
         y0, x0, y1, x1 = box
         dest_area = self.result[y0:y1, x0:x1]
         if self.objects:
