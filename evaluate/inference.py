@@ -1,0 +1,132 @@
+"""Run a trained model on images the way the NSA paper does, and score the maps.
+
+What the model sees follows the run's preset (``settings`` in its config.json), as
+``NSA_METHOD.md`` §6 states: every image is resized to a square ``side``; objects and
+chest X-rays (kinds ``object``, ``xray``) see the centre ``crop`` the trainer's random
+crops were taken around and their map is zero-padded back to ``side``; textures and ELPV
+cells see the whole image (textures at ``side`` = their training crop, 256 for MVTec).
+
+Two protocols (``PAPER_RESULTS.md``): ``nsa`` scores an image by the mean of its
+``side``-sized map (the paper's figures); ``mvtec`` resizes the map bilinearly to the
+ground truth's native resolution and scores an image by the map's maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from nsa.errors import UserError
+
+PROTOCOLS = ("nsa", "mvtec")
+#: Sides the model accepts must be multiples of its total stride.
+MODEL_STRIDE = 32
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How test images are presented: resized to ``side`` squared, centre ``crop`` or all."""
+
+    side: int
+    crop: int | None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Geometry:
+        """The geometry of a training run's preset, checked against the model's stride."""
+        settings = config.get("settings") or {}
+        kind = settings.get("kind")
+        augment = settings.get("augment") or {}
+        size = settings.get("size") or config.get("height")
+        if size is None:
+            raise UserError("the run's config.json records no image size (settings.size)")
+        if kind in ("object", "xray"):
+            side, crop = int(size), augment.get("crop")
+            crop = int(crop) if crop and crop < side else None
+        else:
+            side, crop = int(augment.get("crop") or size), None
+        seen = crop or side
+        if seen % MODEL_STRIDE:
+            raise UserError(
+                f"the run's images are {seen} px, not a multiple of {MODEL_STRIDE}: "
+                "the model cannot take them"
+            )
+        return cls(side=side, crop=crop)
+
+    def record(self) -> dict[str, Any]:
+        return {"side": self.side, "crop": self.crop}
+
+
+def resize_image(image: np.ndarray, side: int) -> np.ndarray:
+    """(H, W, C) uint8 resized to (side, side, C): area averaging down, bilinear up."""
+    height, width = image.shape[:2]
+    shrinking = side < height or side < width
+    resized = cv2.resize(
+        image, (side, side), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    )
+    return resized.reshape(side, side, image.shape[2])
+
+
+def resize_mask(mask: np.ndarray, side: int) -> np.ndarray:
+    """Bool (H, W) ground truth at (side, side): a pixel is defective when at least half
+    of the area it covers is."""
+    area = cv2.resize(mask.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+    return area >= 0.5
+
+
+def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Float map resized bilinearly to ``shape`` (H, W), as the MVTec protocol asks."""
+    if anomaly_map.shape == tuple(shape):
+        return anomaly_map
+    return cv2.resize(anomaly_map, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+@torch.no_grad()
+def anomaly_maps(
+    model: torch.nn.Module, images: np.ndarray, geometry: Geometry, device: str | torch.device
+) -> np.ndarray:
+    """Anomaly maps in [0, 1], float32 (N, side, side), for (N, side, side, C) uint8 images.
+
+    Objects' maps are computed on the centre crop and are zero outside it.
+    """
+    batch = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    side, crop = geometry.side, geometry.crop
+    top = (side - crop) // 2 if crop else 0
+    if crop:
+        batch = batch[:, :, top : top + crop, top : top + crop]
+    maps = torch.sigmoid(model(batch))[:, 0].float().cpu().numpy()
+    if not crop:
+        return maps
+    padded = np.zeros((len(images), side, side), dtype=np.float32)
+    padded[:, top : top + crop, top : top + crop] = maps
+    return padded
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol: unknown {protocol!r} (choose {', '.join(PROTOCOLS)})")
+    return protocol
+
+
+def image_score(anomaly_map: np.ndarray, protocol: str) -> float:
+    """The image's anomaly score: mean of the map (``nsa``) or its maximum (``mvtec``)."""
+    if check_protocol(protocol) == "nsa":
+        return float(anomaly_map.mean(dtype=np.float64))
+    return float(anomaly_map.max())
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; a named device that is absent is a UserError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    return resolved
