@@ -1,0 +1,121 @@
+"""Streaming stores: whole-chunk reading, seeded shuffling, exact skipping, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nsa.generate.shards import StoreError, open_store
+from nsa.train.augment import apply_augment
+from nsa.train.data import ShardStream, make_loader, open_training_stores, plan_epoch
+
+
+def _ids(batches) -> list[list[bytes]]:
+    return [[ex.numpy().tobytes() for ex in b["stacked"][:, 0]] for b in batches]
+
+
+def _stream(paths, **kw) -> ShardStream:
+    options = {"seed": 0, "batch_size": 8, "shuffle_chunks": 2, "loader_workers": 0}
+    options.update(kw)
+    return ShardStream(open_training_stores(paths), **options)
+
+
+def _epoch(dataset: ShardStream, epoch: int, skip: int = 0) -> list[list[bytes]]:
+    dataset.set_epoch(epoch, skip)
+    return _ids(make_loader(dataset))
+
+
+def test_an_epoch_yields_full_batches_of_distinct_examples(tiny_store):
+    batches = _epoch(_stream([tiny_store]), 0)
+    assert len(batches) == 8 and all(len(b) == 8 for b in batches)
+    assert len({x for b in batches for x in b}) == 64
+
+
+def test_order_is_fixed_by_seed_and_changes_between_epochs(tiny_store):
+    dataset = _stream([tiny_store])
+    first = _epoch(dataset, 0)
+    assert _epoch(_stream([tiny_store]), 0) == first
+    assert _epoch(dataset, 1) != first
+    assert _epoch(_stream([tiny_store], seed=1), 0) != first
+
+
+def test_examples_are_shuffled_across_chunks(tiny_store):
+    batch = _epoch(_stream([tiny_store]), 0)[0]
+    chunk_of = {}
+    data = open_store(tiny_store)
+    for c in range(data.n_chunks):
+        for image in data.read_chunk(c).images[..., 0]:
+            chunk_of[image.tobytes()] = c
+    assert len({chunk_of[x] for x in batch}) > 1
+
+
+def test_skipping_gives_the_tail_of_the_epoch_with_worker_processes(tiny_store):
+    dataset = _stream([tiny_store], loader_workers=2, batch_size=4)
+    full = _epoch(dataset, 3)
+    assert len(full) == 16
+    assert _epoch(dataset, 3, skip=5) == full[5:]
+
+
+def test_ranks_read_disjoint_examples(tiny_store):
+    stores = [tiny_store]
+    rank0 = _epoch(_stream(stores, rank=0, world_size=2, batch_size=4), 0)
+    rank1 = _epoch(_stream(stores, rank=1, world_size=2, batch_size=4), 0)
+    assert len(rank0) == len(rank1) == 8
+    assert not {x for b in rank0 for x in b} & {x for b in rank1 for x in b}
+
+
+def test_several_stores_are_mixed(tmp_path, make_store):
+    a = make_store(tmp_path / "a.zarr", n=32, seed=1)
+    b = make_store(tmp_path / "b.zarr", n=32, seed=2)
+    plan = plan_epoch(open_training_stores([a, b]), 0, 0, 1, 8)
+    assert {s for s, _ in plan.streams[0][:4]} == {0, 1}
+
+
+def test_augmentation_can_be_left_for_the_device(tmp_path, make_store):
+    store = make_store(tmp_path / "s.zarr", size=64,
+                       augment={"rotate": 5, "center_crop": 48, "crop": 32})
+    on_loader = _stream([store])
+    on_loader.set_epoch(0)
+    augmented = next(iter(make_loader(on_loader)))["stacked"]
+    raw = _stream([store], augment_in_loader=False)
+    raw.set_epoch(0)
+    batch = next(iter(make_loader(raw)))
+    assert augmented.shape == (8, 2, 32, 32) and batch["stacked"].shape == (8, 2, 64, 64)
+    assert torch.equal(apply_augment(batch["stacked"], batch["params"], (32, 32)), augmented)
+
+
+def test_incomplete_store_is_refused(tmp_path, make_store):
+    store = make_store(tmp_path / "part.zarr", complete=False)
+    with pytest.raises(StoreError, match="incomplete"):
+        open_training_stores([store])
+
+
+@pytest.mark.parametrize("other", [{"size": 64}, {"channels": 3}])
+def test_stores_of_different_resolution_or_channels_are_refused(tmp_path, make_store, other):
+    a = make_store(tmp_path / "a.zarr", n=8)
+    b = make_store(tmp_path / "b.zarr", n=8, **other)
+    with pytest.raises(StoreError, match="must match in resolution and channels"):
+        open_training_stores([a, b])
+
+
+def test_a_store_given_twice_is_refused(tiny_store):
+    with pytest.raises(StoreError, match="given twice"):
+        open_training_stores([tiny_store, tiny_store])
+
+
+def test_a_corrupted_chunk_yields_an_error_naming_it(tiny_store):
+    chunk_file = tiny_store / "images" / "c" / "5" / "0" / "0" / "0"
+    chunk_file.write_bytes(b"\0" * 40)
+    batches = list(make_loader(_stream([tiny_store], shuffle_chunks=1)))
+    assert "error" in batches[-1] and "chunk 5" in batches[-1]["error"]
+    assert all("stacked" in b for b in batches[:-1])
+
+
+def test_plans_deal_every_chunk_once():
+    class Info:
+        chunk_lengths = (8, 8, 8, 3)
+
+    plan = plan_epoch([Info(), Info()], seed=0, epoch=0, n_streams=3, batch_size=4)
+    dealt = sorted(c for stream in plan.streams for c in stream)
+    assert dealt == [(s, c) for s in range(2) for c in range(4)]
+    assert plan.batches_per_stream == min(
+        sum(Info.chunk_lengths[c] for _, c in stream) for stream in plan.streams) // 4

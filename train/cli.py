@@ -1,0 +1,66 @@
+"""``nsa-train``: train the NSA model on shard stores (thin wrapper over ``trainer.train``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from nsa.train.trainer import TrainConfig, train
+
+import nsa
+from nsa.errors import cli_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(nsa.__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def main(
+    shards: list[Path] = typer.Option(
+        None, "--shards", help="Store(s) to train on: --shards A B C (or repeat --shards).",
+    ),
+    more_shards: list[Path] = typer.Argument(None, hidden=True, metavar="[STORE]..."),
+    out: Path = typer.Option(None, help="New run directory."),
+    resume: Path = typer.Option(
+        None, help="Continue the run in this directory exactly where its checkpoint left it.",
+    ),
+    epochs: int = typer.Option(None, help="Passes over the stores (give this or --steps)."),
+    steps: int = typer.Option(None, help="Optimiser steps (give this or --epochs)."),
+    batch_size: int = typer.Option(64, help="Global batch, split across --num-workers."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate at the start."),
+    min_lr: float = typer.Option(1e-6, help="Learning rate at the end (cosine schedule)."),
+    seed: int = typer.Option(0, help="Seed of weights, data order and augmentation."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: int = typer.Option(None, help="CPU threads per worker (default: all cores)."),
+    loader_workers: int = typer.Option(2, help="DataLoader processes per worker."),
+    shuffle_chunks: int = typer.Option(8, help="Chunks per shuffle buffer."),
+    checkpoint_every: int = typer.Option(200, help="Steps between checkpoints."),
+    log_every: int = typer.Option(10, help="Steps between metrics.jsonl lines."),
+    predictions: int = typer.Option(4, help="Training examples in predictions.png."),
+    num_workers: int = typer.Option(1, help="Ray Train workers (DDP); 1 trains here."),
+    address: str = typer.Option(None, help="Ray cluster address (default: start a local Ray)."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Train the NSA model on pre-computed shard stores (nsa-gen); writes a run directory
+    with checkpoints, config.json, metrics.jsonl, loss.png and predictions.png."""
+    with cli_errors():
+        stores = [str(p) for p in [*(shards or []), *(more_shards or [])]]
+        config = TrainConfig(
+            shards=stores, out=str(out) if out else None,
+            resume=str(resume) if resume else None, epochs=epochs, steps=steps,
+            batch_size=batch_size, lr=lr, min_lr=min_lr, seed=seed, device=device,
+            threads=threads, loader_workers=loader_workers, shuffle_chunks=shuffle_chunks,
+            checkpoint_every=checkpoint_every, log_every=log_every, predictions=predictions,
+            num_workers=num_workers, address=address, overwrite=overwrite, progress=progress,
+        )
+        run_dir = train(config)
+        print(run_dir)

@@ -1,0 +1,72 @@
+"""Data-parallel training on several workers (GPUs of one node, or a Ray cluster).
+
+Ray Train's ``TorchTrainer`` starts ``num_workers`` processes and sets up the torch
+process group (NCCL on GPUs, gloo on CPUs); each worker runs the same loop as a
+single-process run (:func:`nsa.train.trainer.run_worker`) with its rank, reads its own
+share of the chunks (see :mod:`nsa.train.data`) and takes ``batch_size / num_workers``
+examples per step, so the global batch and the learning-rate schedule do not depend on
+the number of workers. Rank 0 writes the run directory, which therefore has to be on a
+file system every node sees (it is, on one node).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from nsa.train.trainer import TrainConfig, run_worker
+
+from nsa.errors import UserError
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    """Entry point of each Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device() if loop_config["use_gpu"] else torch.device("cpu")
+    run_worker(
+        TrainConfig(**loop_config["config"]), Path(loop_config["run_dir"]),
+        rank=context.get_world_rank(), world=context.get_world_size(), device=device,
+    )
+
+
+def _first_user_error(exc: Exception) -> UserError | None:
+    """The UserError a worker raised, unwrapped from Ray's error types, if any."""
+    for failure in getattr(exc, "worker_failures", {}).values():
+        cause = getattr(failure, "cause", None) or failure
+        if isinstance(cause, UserError):
+            return cause
+    return None
+
+
+def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> None:
+    """Run the training loop on ``config.num_workers`` Ray Train workers (DDP)."""
+    from nsa.ray_session import ray_session
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = device.type == "cuda"
+    run_dir = run_dir.resolve()
+    with ray_session(config.address, None):
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={"config": asdict(config), "run_dir": str(run_dir),
+                               "use_gpu": use_gpu},
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu),
+            run_config=RunConfig(
+                name="ray-train", storage_path=str(run_dir / "ray"),
+                failure_config=FailureConfig(max_failures=0),
+            ),
+        )
+        try:
+            trainer.fit()
+        except TrainingFailedError as exc:
+            user_error = _first_user_error(exc)
+            if user_error is not None:
+                raise UserError(str(user_error).splitlines()[0]) from None
+            raise

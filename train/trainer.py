@@ -1,0 +1,375 @@
+"""Training the NSA model on shard stores: the loop, its state, and the run directory.
+
+``train(TrainConfig(...))`` is what ``nsa-train`` calls. The loop is written once and run
+either in this process or, with ``num_workers > 1``, in each Ray Train worker under DDP
+(see :mod:`nsa.train.distributed`). Resuming is exact on the CPU because everything the
+next step depends on is either in the checkpoint (model, Adam, scheduler, step, epoch,
+position in the epoch) or a pure function of the seed (the data order and augmentation,
+see :mod:`nsa.train.data`); the model's initial weights come from a forked RNG seeded
+with the run's seed, so no global random state is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from nsa.generate.shards import StoreError
+from nsa.train import checkpoint as ckpt
+from nsa.train.augment import apply_augment
+from nsa.train.data import ShardStream, StoreInfo, make_loader, open_training_stores
+from nsa.train.model import NSAModel
+from nsa.train.plots import plot_loss, plot_predictions
+from torch import nn
+
+import nsa
+from nsa.errors import UserError
+from nsa.progress import progress_bar
+from nsa.versions import package_versions
+
+LOSS_PNG = "loss.png"
+PREDICTIONS_PNG = "predictions.png"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; field names are the ``nsa-train`` option names."""
+
+    shards: list[str] = field(default_factory=list)
+    out: str | None = None
+    resume: str | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    loader_workers: int = 2
+    shuffle_chunks: int = 8
+    checkpoint_every: int = 200
+    log_every: int = 10
+    predictions: int = 4
+    num_workers: int = 1
+    address: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+#: Settings that may differ when resuming: they change where and how fast, not what.
+RESUME_OVERRIDES = ("resume", "device", "threads", "address", "progress")
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse option values that cannot make a run, naming the option."""
+    if (config.epochs is None) == (config.steps is None):
+        raise UserError("give exactly one of --epochs or --steps")
+    for name in ("epochs", "steps"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be at least 1, not {value}")
+    positive = ("batch_size", "lr", "checkpoint_every", "log_every", "shuffle_chunks",
+                "num_workers")
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if config.min_lr < 0 or config.min_lr > config.lr:
+        raise UserError("--min-lr must lie between 0 and --lr")
+    if config.loader_workers < 0:
+        raise UserError("--loader-workers must be 0 or more")
+    if config.threads is not None and config.threads < 1:
+        raise UserError("--threads must be at least 1")
+    if config.batch_size % config.num_workers:
+        raise UserError(
+            f"--batch-size {config.batch_size} must be divisible by --num-workers "
+            f"{config.num_workers} (it is the global batch, split across workers)"
+        )
+
+
+def make_dataset(
+    config: TrainConfig, stores: list[StoreInfo], rank: int, world: int, device: torch.device
+) -> ShardStream:
+    return ShardStream(
+        stores, seed=config.seed, batch_size=config.batch_size // world,
+        shuffle_chunks=config.shuffle_chunks, loader_workers=config.loader_workers,
+        rank=rank, world_size=world, augment_in_loader=device.type != "cuda",
+    )
+
+
+def total_steps(config: TrainConfig, dataset: ShardStream) -> int:
+    """Steps of the whole run: ``--steps``, or the sum of the epochs' batch counts."""
+    if config.steps is not None:
+        return config.steps
+    return sum(dataset.steps_in_epoch(epoch) for epoch in range(config.epochs))
+
+
+def prepare_run_dir(out: str | None, overwrite: bool) -> Path:
+    """Create (or, with ``overwrite``, empty) the run directory and prove it is writable."""
+    if not out:
+        raise UserError("give --out RUN (a new run directory) or --resume RUN")
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir}: exists and is not a directory")
+    if (run_dir / ckpt.CONFIG_FILE).exists():
+        if not overwrite:
+            raise UserError(
+                f"--out {run_dir}: already holds a run; continue it with --resume {run_dir} "
+                "or pass --overwrite"
+            )
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--out {run_dir}: cannot write there ({exc.strerror})") from None
+    return run_dir
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or, with ``config.resume``, continue) a run; return its directory."""
+    if config.resume:
+        run_dir = Path(config.resume)
+        saved = ckpt.read_config(run_dir)["config"]
+        known = {f.name for f in fields(TrainConfig)}
+        config = replace(
+            TrainConfig(**{k: v for k, v in saved.items() if k in known}),
+            **{name: getattr(config, name) for name in RESUME_OVERRIDES},
+        )
+        if not (run_dir / ckpt.CHECKPOINT_FILE).exists():
+            raise UserError(f"--resume {run_dir}: no checkpoint to continue from; start it anew")
+    check_config(config)
+    device = resolve_device(config.device)
+    stores = open_training_stores(config.shards)
+    dataset = make_dataset(config, stores, 0, config.num_workers, device)
+    if dataset.steps_in_epoch(0) == 0:
+        raise StoreError(
+            f"the stores hold {sum(s.n for s in stores)} examples: too few for batches of "
+            f"{dataset.batch_size} in each of {dataset.n_streams} streams "
+            "(lower --batch-size or --loader-workers)"
+        )
+    if config.resume:
+        check_stores_unchanged(run_dir, stores)
+    else:
+        config = replace(config, shards=[store.path for store in stores])
+        run_dir = prepare_run_dir(config.out, config.overwrite)
+        ckpt.write_json(run_record(config, stores, dataset), run_dir / ckpt.CONFIG_FILE)
+    if config.num_workers > 1:
+        from nsa.train.distributed import train_with_ray
+
+        train_with_ray(config, run_dir, device)
+    else:
+        run_worker(config, run_dir, rank=0, world=1, device=device)
+    model, _ = ckpt.load_model(run_dir)
+    plot_loss(run_dir / ckpt.METRICS_FILE, run_dir / LOSS_PNG)
+    plot_predictions(model, stores[0], run_dir / PREDICTIONS_PNG, config.predictions)
+    return run_dir
+
+
+def check_stores_unchanged(run_dir: Path, stores: list[StoreInfo]) -> None:
+    """Refuse to resume on stores that differ from the ones the run started with."""
+    recorded = ckpt.read_config(run_dir)["stores"]
+    for before, store in zip(recorded, stores, strict=True):
+        now = store.record()
+        if any(before[key] != now[key] for key in ("n", "seed", "chunk_size", "preset")):
+            raise StoreError(
+                f"{store.path}: differs from the store the run {run_dir} started with "
+                "(regenerated?); resuming on it would not continue the same run"
+            )
+
+
+def run_record(config: TrainConfig, stores: list[StoreInfo], dataset: ShardStream) -> dict:
+    """config.json: what was asked, what was used, and enough to rebuild the model."""
+    first = stores[0]
+    out_h, out_w = first.augment.output_size
+    return {
+        "config": asdict(config),
+        "stores": [store.record() for store in stores],
+        "settings": first.settings,
+        "channels": first.channels,
+        "height": first.height,
+        "width": first.width,
+        "input_height": out_h,
+        "input_width": out_w,
+        "total_steps": total_steps(config, dataset),
+        "steps_per_epoch": [dataset.steps_in_epoch(e) for e in range(config.epochs or 1)],
+        "nsa_version": nsa.__version__,
+        "versions": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def build_model(channels: int, seed: int) -> NSAModel:
+    """The model with initial weights drawn from ``seed`` alone (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return NSAModel(channels)
+
+
+class Run:
+    """The state of one worker's training loop and the steps that change it."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, rank: int, world: int,
+                 device: torch.device) -> None:
+        self.config, self.run_dir, self.rank, self.device = config, run_dir, rank, device
+        self.main = rank == 0
+        self.cuda = device.type == "cuda"
+        stores = open_training_stores(config.shards)
+        self.channels = stores[0].channels
+        self.out_size = stores[0].augment.output_size
+        self.dataset = make_dataset(config, stores, rank, world, device)
+        self.total = total_steps(config, self.dataset)
+        self.model = build_model(self.channels, config.seed).to(device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=self.total, eta_min=config.min_lr
+        )
+        self.step = self.epoch = self.position = 0
+        if config.resume:
+            self._restore()
+        self.net: nn.Module = self.model
+        if world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if self.cuda else None
+            )
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def _restore(self) -> None:
+        state = ckpt.load_state(self.run_dir / ckpt.CHECKPOINT_FILE)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        if self.main:
+            self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines after the checkpoint: those steps are about to be redone."""
+        path = self.run_dir / ckpt.METRICS_FILE
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= self.step]
+            ckpt.write_atomic(path, lambda tmp: tmp.write_text("".join(f"{x}\n" for x in kept)))
+
+    def save_checkpoint(self) -> None:
+        if not self.main:
+            return
+        ckpt.save_torch({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "step": self.step,
+            "epoch": self.epoch, "position": self.position, "total_steps": self.total,
+        }, self.run_dir / ckpt.CHECKPOINT_FILE)
+
+    def save_model(self) -> None:
+        if self.main:
+            state = {k: v.cpu() for k, v in self.model.state_dict().items()}
+            ckpt.save_torch({"model": state, "step": self.step}, self.run_dir / ckpt.MODEL_FILE)
+
+    def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        stacked = batch["stacked"].to(self.device, non_blocking=True)
+        if "params" in batch:  # augmentation left for the device
+            stacked = apply_augment(stacked, batch["params"], self.out_size)
+        stacked = stacked.float().div_(255.0)
+        images, labels = stacked[:, : self.channels], stacked[:, self.channels:]
+        if self.cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            logits = self.net(images)
+        loss = self.loss_fn(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+    def batches(self):
+        """Yield batches from the saved position on, epoch after epoch, until the end."""
+        while self.step < self.total:
+            in_epoch = self.dataset.steps_in_epoch(self.epoch)
+            if self.position >= in_epoch:
+                self.epoch, self.position = self.epoch + 1, 0
+                continue
+            self.dataset.set_epoch(self.epoch, self.position)
+            for batch in make_loader(self.dataset, pin_memory=self.cuda):
+                if "error" in batch:
+                    kept = ("the last checkpoint is kept" if self.step else "no checkpoint yet")
+                    raise StoreError(
+                        f"{batch['error']}; training stopped at step {self.step} ({kept})"
+                    )
+                yield batch
+                if self.step >= self.total:
+                    return
+            if self.position >= in_epoch:
+                self.epoch, self.position = self.epoch + 1, 0
+
+    def fit(self) -> None:
+        config = self.config
+        self.model.train()
+        examples_per_step = config.batch_size
+        bar = progress_bar("examples") if (self.main and config.progress) else None
+        task = None
+        if bar is not None:
+            bar.start()
+            task = bar.add_task("training", total=self.total * examples_per_step,
+                                completed=self.step * examples_per_step)
+        loss_sum, since, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+        try:
+            for batch in self.batches():
+                loss_sum += self.train_step(batch)
+                self.step += 1
+                self.position += 1
+                since += 1
+                if self.step % config.log_every == 0 or self.step == self.total:
+                    now = time.perf_counter()
+                    loss = float(loss_sum) / since
+                    row = {"step": self.step, "epoch": self.epoch, "loss": loss,
+                           "lr": self.scheduler.get_last_lr()[0],
+                           "examples_per_s": since * examples_per_step / (now - tick)}
+                    if self.main:
+                        with open(self.run_dir / ckpt.METRICS_FILE, "a") as metrics:
+                            metrics.write(json.dumps(row) + "\n")
+                    if bar is not None:
+                        bar.update(task, description=f"training loss {loss:.4f}")
+                    loss_sum.zero_()
+                    since, tick = 0, now
+                if bar is not None:
+                    bar.update(task, completed=self.step * examples_per_step)
+                if self.step % config.checkpoint_every == 0 or self.step == self.total:
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.stop()
+        self.save_model()
+
+
+def run_worker(config: TrainConfig, run_dir: Path, rank: int, world: int,
+               device: torch.device) -> None:
+    """The training loop of one worker (the only one when ``world == 1``)."""
+    torch.set_num_threads(config.threads or max(1, available_cores() // world))
+    Run(config, run_dir, rank, world, device).fit()
