@@ -1,0 +1,102 @@
+"""The DST Poisson blend: OpenCV's seamlessClone semantics, solved over the box only."""
+
+import cv2
+import numpy as np
+import pytest
+from nsa.generate.poisson import poisson_blend
+
+
+def textured(rng: np.random.Generator, h: int, w: int, channels: int = 1) -> np.ndarray:
+    noise = rng.normal(128, 60, (h, w, channels)).astype(np.float32)
+    smooth = cv2.GaussianBlur(noise, (0, 0), 2.0).reshape(h, w, channels)
+    return np.clip(smooth * 2 - 128, 0, 255).astype(np.uint8)
+
+
+def ringed(mask: np.ndarray) -> np.ndarray:
+    mask = mask.astype(np.uint8)
+    mask[0, :] = mask[-1, :] = 0
+    mask[:, 0] = mask[:, -1] = 0
+    return mask
+
+
+def cv2_blend(dest, src, mask, y, x, mixed):
+    """The authors' call: grayscale padded to 3 channels, patch placed so that the mask's
+    bounding box lands exactly at (y, x) + its offset."""
+    h, w = mask.shape
+    src_full = dest.copy()
+    src_full[y:y + h, x:x + w] = src
+    mask_full = np.zeros(dest.shape[:2], np.uint8)
+    mask_full[y:y + h, x:x + w] = mask * 255
+    rows, cols = np.flatnonzero(mask_full.any(1)), np.flatnonzero(mask_full.any(0))
+    rh, rw = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    centre = (int(cols[0] + rw // 2), int(rows[0] + rh // 2))
+    pad = np.zeros_like(dest)
+    flag = cv2.MIXED_CLONE if mixed else cv2.NORMAL_CLONE
+    out = cv2.seamlessClone(np.concatenate([src_full, pad, pad], 2),
+                            np.concatenate([dest, pad, pad], 2), mask_full, centre, flag)
+    return out[..., :1]
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+@pytest.mark.parametrize("shape", ["rectangle", "ellipse"])
+def test_blend_matches_opencv_seamless_clone_within_one_grey_level(mixed, shape):
+    rng = np.random.default_rng(1)
+    dest, source = textured(rng, 96, 96), textured(rng, 96, 96)
+    for _ in range(3):
+        h, w = (int(v) for v in rng.integers(20, 60, 2))
+        y, x = (int(v) for v in rng.integers(2, 96 - 62, 2))
+        mask = np.ones((h, w), np.uint8)
+        if shape == "ellipse":
+            yy, xx = np.mgrid[:h, :w]
+            mask = (((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 <= 1)
+        mask = ringed(mask)
+        src = source[10:10 + h, 12:12 + w]
+        ours = dest.copy()
+        ours[y:y + h, x:x + w] = poisson_blend(dest[y:y + h, x:x + w], src, mask, mixed)
+        theirs = cv2_blend(dest, src, mask, y, x, mixed)
+        # OpenCV truncates the solution to integers, we round: at most one level apart
+        assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+        assert not np.array_equal(ours, dest)
+
+
+def test_pixels_outside_the_masks_bounding_box_keep_the_destination():
+    rng = np.random.default_rng(2)
+    dest, src = textured(rng, 40, 50), textured(rng, 40, 50)
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:30, 8:45] = 1
+    out = poisson_blend(dest, src, mask, mixed=False)
+    keep = np.ones((40, 50), bool)
+    keep[6:29, 9:44] = False  # interior of the mask's bounding box
+    assert np.array_equal(out[keep], dest[keep])
+
+
+def test_source_with_the_same_gradients_leaves_the_destination_unchanged():
+    rng = np.random.default_rng(3)
+    dest = textured(rng, 40, 40) // 2
+    out = poisson_blend(dest, dest + 60, ringed(np.ones((40, 40))), mixed=False)
+    assert np.array_equal(out, dest)
+
+
+def test_zero_factor_leaves_the_destination_unchanged():
+    rng = np.random.default_rng(4)
+    dest, src = textured(rng, 30, 30), textured(rng, 30, 30)
+    out = poisson_blend(dest, src, ringed(np.ones((30, 30))), mixed=False, factor=0.0)
+    assert np.array_equal(out, dest)
+
+
+def test_colour_channels_are_blended_independently():
+    rng = np.random.default_rng(5)
+    dest, src = textured(rng, 36, 44, 3), textured(rng, 36, 44, 3)
+    mask = ringed(np.ones((36, 44)))
+    colour = poisson_blend(dest, src, mask, mixed=True)
+    for c in range(3):
+        single = poisson_blend(dest[..., c:c + 1], src[..., c:c + 1], mask, mixed=True)
+        assert np.array_equal(colour[..., c:c + 1], single)
+
+
+@pytest.mark.parametrize("h,w", [(4, 51), (51, 4), (3, 3), (8, 8), (1, 20)])
+def test_thin_or_tiny_masks_do_not_raise(h, w):
+    rng = np.random.default_rng(6)
+    dest, src = textured(rng, h, w), textured(rng, h, w)
+    out = poisson_blend(dest, src, ringed(np.ones((h, w))), mixed=True)
+    assert out.shape == dest.shape and out.dtype == np.uint8

@@ -1,0 +1,112 @@
+"""Presets: the method's figures by name, overridable, validated, JSON-serialisable."""
+
+import json
+
+import pytest
+from nsa.generate.presets import PRESETS, SettingsError, preset_names, resolve_settings
+
+from nsa.errors import UserError
+
+MVTEC = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw",
+         "toothbrush", "transistor", "zipper", "carpet", "grid", "leather", "tile", "wood")
+
+
+def test_preset_names_are_the_15_mvtec_categories_chestxray_and_elpv():
+    assert sorted(preset_names()) == sorted([*MVTEC, "chestxray", "elpv"])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves_to_plain_json_with_every_setting(name):
+    settings = resolve_settings(name)
+    assert json.loads(json.dumps(settings)) == settings
+    for key in ("preset", "size", "kind", "unaligned", "augment", "epochs", "mode",
+                "label_mode", "num_patches", "width_bounds", "gamma_params", "background",
+                "min_object_pct", "min_overlap_pct", "resize", "resize_bounds", "shift",
+                "same", "cutpaste", "tol", "logistic_params", "num_ellipses"):
+        assert key in settings
+    assert settings["preset"] == name
+
+
+def test_elpv_preset_has_the_figures_of_the_issue():
+    s = resolve_settings("elpv")
+    assert s["kind"] == "elpv" and s["size"] == 256 and s["background"] is None
+    assert s["width_bounds"] == [[0.03, 0.4], [0.03, 0.4]]
+    assert s["gamma_params"] == [2.0, 0.05, 0.03]
+    assert s["num_patches"] == 3 and s["mode"] == "mixed"
+    assert s["label_mode"] == "logistic-intensity"
+    assert s["logistic_params"] == pytest.approx([1 / 3, 7])
+    assert s["resize_bounds"] == [0.7, 1.3] and s["resize"] and s["shift"]
+    assert s["augment"] == {"rotate": 0, "center_crop": None, "crop": None, "vflip": True,
+                            "hflip": True}
+
+
+def test_bottle_is_an_unaligned_object_with_normal_poisson_and_object_masks():
+    s = resolve_settings("bottle")
+    assert (s["kind"], s["size"], s["mode"], s["unaligned"]) == ("object", 256, "normal", True)
+    assert s["background"] == [200, 60] and s["min_object_pct"] == 0.7
+    assert s["logistic_params"] == pytest.approx([1 / 12, 24])
+    assert s["augment"] == {"rotate": 5, "center_crop": 230, "crop": 224, "vflip": False,
+                            "hflip": False}
+    assert s["epochs"] == 320
+
+
+def test_aligned_objects_are_not_rotated():
+    assert resolve_settings("capsule")["augment"]["rotate"] == 0
+    assert resolve_settings("capsule")["width_bounds"] == [[0.03, 0.15], [0.03, 0.4]]
+
+
+def test_screw_has_four_patches_and_560_epochs():
+    s = resolve_settings("screw")
+    assert (s["num_patches"], s["epochs"], s["min_object_pct"]) == (4, 560, 0.5)
+
+
+def test_textures_use_mixed_poisson_264_pixels_and_wider_rescaling():
+    for name in ("carpet", "grid", "leather", "tile", "wood"):
+        s = resolve_settings(name)
+        assert (s["kind"], s["size"], s["mode"]) == ("texture", 264, "mixed")
+        assert s["resize_bounds"] == [0.5, 2.0] and s["background"] is None
+        assert s["augment"] == {"rotate": 0, "center_crop": None, "crop": 256,
+                                "vflip": True, "hflip": False}
+    assert resolve_settings("wood")["logistic_params"] == pytest.approx([1 / 6, 15])
+
+
+def test_chestxray_has_its_own_gamma_and_overlap():
+    s = resolve_settings("chestxray")
+    assert s["gamma_params"] == [2.0, 0.03, 0.05]
+    assert (s["min_object_pct"], s["min_overlap_pct"], s["epochs"]) == (0.7, 0.7, 240)
+    assert s["background"] == [0, 20] and s["augment"]["rotate"] == 3
+
+
+def test_any_field_can_be_overridden():
+    s = resolve_settings("elpv", {"mode": "normal", "num_patches": 1, "size": 128,
+                                  "gamma_params": None, "augment": {"hflip": False}})
+    assert (s["mode"], s["num_patches"], s["size"], s["gamma_params"]) == (
+        "normal", 1, 128, None)
+    assert s["augment"]["hflip"] is False and s["augment"]["vflip"] is True
+
+
+def test_resolved_settings_are_a_fresh_copy():
+    resolve_settings("elpv")["width_bounds"][0][0] = 0.3
+    assert resolve_settings("elpv")["width_bounds"][0][0] == 0.03
+
+
+def test_unknown_preset_is_a_user_error_naming_it():
+    with pytest.raises(UserError, match="unknown preset 'bottel'"):
+        resolve_settings("bottel")
+
+
+def test_unknown_settings_are_named():
+    with pytest.raises(SettingsError, match=r"'colour'.*'modes'"):
+        resolve_settings("elpv", {"modes": "mixed", "colour": 1})
+
+
+@pytest.mark.parametrize("key,value", [
+    ("mode", "poisson"), ("label_mode", "soft"), ("num_patches", 0), ("num_patches", 5),
+    ("num_patches", 2.5), ("width_bounds", [[0.4, 0.03], [0.03, 0.4]]),
+    ("width_bounds", [[0.0, 0.4], [0.03, 0.4]]), ("gamma_params", [2, -1, 0]),
+    ("background", [300, 10]), ("resize_bounds", [2, 1]), ("shift", "yes"),
+    ("tol", -1), ("logistic_params", [0, 7]), ("augment", {"spin": 3}), ("size", 4),
+])
+def test_invalid_values_are_settings_errors_naming_the_setting(key, value):
+    with pytest.raises(SettingsError, match=key.split(".")[0]):
+        resolve_settings("elpv", {key: value})
