@@ -64,3 +64,7 @@ def main(
         )
         run_dir = train(config)
         print(run_dir)
+
+
+if __name__ == "__main__":
+    app()

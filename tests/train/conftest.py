@@ -68,7 +68,7 @@ def write_store(
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_store():
     """``write_store`` (tests import no conftest under importlib mode)."""
     return write_store
