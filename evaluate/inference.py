@@ -60,16 +60,6 @@ class Geometry:
         return {"side": self.side, "crop": self.crop}
 
 
-def resize_image(image: np.ndarray, side: int) -> np.ndarray:
-    """(H, W, C) uint8 resized to (side, side, C): area averaging down, bilinear up."""
-    height, width = image.shape[:2]
-    shrinking = side < height or side < width
-    resized = cv2.resize(
-        image, (side, side), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    )
-    return resized.reshape(side, side, image.shape[2])
-
-
 def resize_mask(mask: np.ndarray, side: int) -> np.ndarray:
     """Bool (H, W) ground truth at (side, side): a pixel is defective when at least half
     of the area it covers is."""

@@ -24,13 +24,28 @@ HEAT_WEIGHT = 0.5
 
 
 def overlay_panel(
-    image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None, caption: str = ""
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    mask: np.ndarray | None,
+    caption: str = "",
+    min_side: int = 256,
 ) -> np.ndarray:
     """BGR uint8 (H, 2W, 3): image with contour | image under the heat map with contour.
 
     ``image`` is (H, W, C) uint8 RGB or grey, ``anomaly_map`` float (H, W) in [0, 1],
-    ``mask`` bool (H, W) or None (no ground truth: no contour).
+    ``mask`` bool (H, W) or None (no ground truth: no contour). Small images are first
+    enlarged by a whole factor (nearest neighbour) to at least ``min_side`` so that the
+    contour and caption stay legible.
     """
+    factor = max(1, -(-min_side // min(image.shape[:2])))
+    if factor > 1:
+        channels = image.shape[2]
+        image = np.repeat(np.repeat(image, factor, 0), factor, 1).reshape(
+            image.shape[0] * factor, image.shape[1] * factor, channels
+        )
+        anomaly_map = np.repeat(np.repeat(anomaly_map, factor, 0), factor, 1)
+        if mask is not None:
+            mask = np.repeat(np.repeat(mask, factor, 0), factor, 1)
     bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.shape[2] == 1 else cv2.COLOR_RGB2BGR)
     levels = np.clip(np.rint(anomaly_map * 255), 0, 255).astype(np.uint8)
     heat = cv2.addWeighted(
@@ -44,8 +59,8 @@ def overlay_panel(
         for panel in (left, right):
             cv2.drawContours(panel, contours, -1, CONTOUR_BGR, 1)
     if caption:
-        scale = max(image.shape[0] / 512, 0.3)
-        cv2.putText(right, caption, (2, int(14 * scale * 2)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+        scale = image.shape[0] / 512
+        cv2.putText(right, caption, (4, int(36 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (255, 255, 255), 1, cv2.LINE_AA)
     return np.concatenate([left, right], axis=1)
 

@@ -13,7 +13,7 @@ def test_overlay_panel_puts_the_image_beside_its_heat_map() -> None:
     image = np.full((32, 40, 3), 100, np.uint8)
     anomaly_map = np.zeros((32, 40), np.float32)
     anomaly_map[:, 20:] = 1.0
-    panel = overlay_panel(image, anomaly_map, None)
+    panel = overlay_panel(image, anomaly_map, None, min_side=0)
     assert panel.shape == (32, 80, 3)
     assert np.array_equal(panel[:, :40], np.full((32, 40, 3), 100, np.uint8))
     right = panel[:, 40:].astype(int)
@@ -24,10 +24,16 @@ def test_overlay_panel_draws_the_ground_truth_contour_in_green_on_both_halves() 
     image = np.zeros((32, 32, 1), np.uint8)
     mask = np.zeros((32, 32), bool)
     mask[8:16, 8:16] = True
-    panel = overlay_panel(image, np.zeros((32, 32), np.float32), mask)
+    panel = overlay_panel(image, np.zeros((32, 32), np.float32), mask, min_side=0)
     for half in (panel[:, :32], panel[:, 32:]):
         assert tuple(half[8, 12]) == (0, 255, 0)
         assert tuple(half[12, 12]) != (0, 255, 0)  # inside: only the outline
+
+
+def test_overlay_panel_enlarges_small_images_by_a_whole_factor() -> None:
+    image = np.zeros((40, 50, 1), np.uint8)
+    panel = overlay_panel(image, np.zeros((40, 50), np.float32), None, min_side=256)
+    assert panel.shape == (280, 700, 3)
 
 
 def test_picture_indices_spread_over_the_whole_set_up_to_the_cap() -> None:

@@ -1,0 +1,231 @@
+"""Evaluate a trained run on labelled test sets: the library behind ``nsa-eval``.
+
+:func:`evaluate` takes test sets (from :mod:`nsa.evaluate.testsets`), runs the model batch
+by batch, computes image AUROC/AP, pixel AUROC/AP and AU-PRO per set under one protocol,
+and writes into ``out``: ``metrics.json``, ``metrics.csv``, ``metrics.md``,
+``maps/<set>/<defect>/<image>.png`` and ``curves.png``. Its keyword names are the CLI's
+option names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nsa.evaluate.inference import (
+    Geometry,
+    anomaly_maps,
+    check_protocol,
+    image_score,
+    resize_map,
+    resize_mask,
+    resolve_device,
+)
+from nsa.evaluate.metrics import aupro, auroc, average_precision, pro_points, roc_points
+from nsa.evaluate.pictures import (
+    Curves,
+    overlay_panel,
+    picture_indices,
+    write_curves,
+    write_picture,
+)
+from nsa.evaluate.tables import mean_row, paper_figures, write_tables
+from nsa.evaluate.testsets import TestSet, read_test_image
+from nsa.generate.images import resize_square
+from nsa.train.checkpoint import load_model
+
+from nsa.errors import UserError
+from nsa.progress import progress_bar
+from nsa.versions import package_versions
+
+PROTOCOL_DESCRIPTIONS = {
+    "nsa": "NSA paper: maps at the run's side, objects through the centre crop padded back, "
+    "image score = mean of the map",
+    "mvtec": "MVTec reference: maps resized to the masks' native resolution, "
+    "image score = max of the map",
+}
+FPR_LIMIT = 0.3
+
+
+@dataclass
+class ScoredSet:
+    """What one pass of the model over a test set yields.
+
+    ``maps``/``masks`` are the pixel maps the metrics see (at the protocol's resolution;
+    None without masks); ``pictures`` maps the index of each image chosen for a picture
+    to (resized image, map, mask) at the run's side.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    maps: np.ndarray | list[np.ndarray] | None
+    masks: np.ndarray | list[np.ndarray] | None
+    pictures: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+
+
+def score_testset(
+    model: torch.nn.Module,
+    testset: TestSet,
+    *,
+    geometry: Geometry,
+    channels: int,
+    protocol: str,
+    device: torch.device,
+    batch_size: int,
+    max_pictures: int,
+    advance=lambda n: None,
+) -> ScoredSet:
+    """Run the model over ``testset`` batch by batch and keep what the metrics need."""
+    side = geometry.side
+    chosen = set(picture_indices(len(testset.images), max_pictures).tolist())
+    scores, maps, masks, pictures = [], [], [], {}
+    for start in range(0, len(testset.images), batch_size):
+        batch = testset.images[start : start + batch_size]
+        decoded = [read_test_image(image, channels, testset.has_masks) for image in batch]
+        resized = np.stack([resize_square(pixels, side) for pixels, _ in decoded])
+        batch_maps = anomaly_maps(model, resized, geometry, device)
+        for offset, ((_, native_mask), side_map) in enumerate(
+            zip(decoded, batch_maps, strict=True)
+        ):
+            index = start + offset
+            side_mask = None
+            if native_mask is None:
+                metric_map = side_map
+            elif protocol == "mvtec":
+                metric_map = resize_map(side_map, native_mask.shape)
+                masks.append(native_mask)
+                side_mask = resize_mask(native_mask, side)
+            else:
+                metric_map = side_map
+                side_mask = resize_mask(native_mask, side)
+                masks.append(side_mask)
+            if native_mask is not None:
+                maps.append(metric_map)
+            scores.append(image_score(metric_map, protocol))
+            if index in chosen:
+                pictures[index] = (resized[offset], side_map, side_mask)
+        advance(len(batch))
+    if testset.has_masks and protocol == "nsa":
+        maps, masks = np.stack(maps), np.stack(masks)  # one (N, H, W) stack: the fast path
+    return ScoredSet(
+        labels=np.array([image.label for image in testset.images]),
+        scores=np.array(scores),
+        maps=maps if testset.has_masks else None,
+        masks=masks if testset.has_masks else None,
+        pictures=pictures,
+    )
+
+
+def metrics_row(testset: TestSet, scored: ScoredSet) -> dict[str, Any]:
+    """Every metric of one set (NaN where undefined), its counts and the paper's figures."""
+    row: dict[str, Any] = {
+        "description": testset.description,
+        "n_good": testset.n_good,
+        "n_defect": testset.n_defect,
+        "image_auroc": auroc(scored.scores, scored.labels),
+        "image_ap": average_precision(scored.scores, scored.labels),
+        "pixel_auroc": float("nan"),
+        "pixel_ap": float("nan"),
+        "aupro": float("nan"),
+    }
+    if scored.maps is not None:
+        row["pixel_auroc"] = auroc(scored.maps, scored.masks)
+        row["pixel_ap"] = average_precision(scored.maps, scored.masks)
+        row["aupro"] = aupro(scored.maps, scored.masks, FPR_LIMIT)
+    row["paper_key"] = list(testset.paper_key) if testset.paper_key else None
+    row["paper"] = paper_figures(testset.paper_key)
+    return row
+
+
+def write_set_pictures(out: Path, testset: TestSet, scored: ScoredSet) -> None:
+    """maps/<set>/<defect>/<image stem>.png for the images chosen for pictures."""
+    for index, (image, side_map, side_mask) in sorted(scored.pictures.items()):
+        item = testset.images[index]
+        caption = f"{item.defect} score {scored.scores[index]:.4f}"
+        path = out / "maps" / testset.name / item.defect / f"{item.path.stem}.png"
+        write_picture(path, overlay_panel(image, side_map, side_mask, caption))
+
+
+def set_curves(testset: TestSet, scored: ScoredSet) -> Curves:
+    empty = (np.zeros(0), np.zeros(0))
+    with_masks = scored.maps is not None
+    return Curves(
+        name=testset.name,
+        image_roc=roc_points(scored.scores, scored.labels),
+        pixel_roc=roc_points(scored.maps, scored.masks) if with_masks else empty,
+        pro=pro_points(scored.maps, scored.masks, FPR_LIMIT) if with_masks else empty,
+    )
+
+
+def evaluate(
+    testsets: Sequence[TestSet],
+    model: str | Path,
+    out: str | Path,
+    *,
+    protocol: str = "nsa",
+    device: str = "auto",
+    batch_size: int = 16,
+    max_pictures: int = 20,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the run ``model`` on ``testsets``; write the tables and pictures to ``out``.
+
+    Returns the content of metrics.json (with NaN where the file has null).
+    ``max_pictures`` caps the overlay pictures per test set (0: none).
+    """
+    check_protocol(protocol)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    names = [t.name for t in testsets]
+    if len(set(names)) != len(names):
+        raise UserError(f"test sets must have distinct names, got {names}")
+    torch_device = resolve_device(device)
+    net, config = load_model(model, torch_device)
+    geometry = Geometry.from_config(config)
+    channels = int(config["channels"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows, curves = {}, []
+    bar = progress_bar("images")
+    bar.disable = not progress
+    with bar:
+        task = bar.add_task("evaluating", total=sum(len(t.images) for t in testsets))
+        for testset in testsets:
+            bar.update(task, description=f"evaluating {testset.name}")
+            scored = score_testset(
+                net, testset, geometry=geometry, channels=channels, protocol=protocol,
+                device=torch_device, batch_size=batch_size, max_pictures=max_pictures,
+                advance=lambda n: bar.advance(task, n),
+            )
+            rows[testset.name] = metrics_row(testset, scored)
+            write_set_pictures(out, testset, scored)
+            curves.append(set_curves(testset, scored))
+            del scored
+
+    result = {
+        "protocol": protocol,
+        "protocol_description": PROTOCOL_DESCRIPTIONS[protocol],
+        "model_run": str(Path(model).resolve()),
+        "model": {
+            "preset": (config.get("settings") or {}).get("preset"),
+            "kind": (config.get("settings") or {}).get("kind"),
+            "channels": channels,
+            "geometry": geometry.record(),
+        },
+        "fpr_limit": FPR_LIMIT,
+        "categories": rows,
+        "mean": mean_row(list(rows.values())),
+        "settings": {"device": str(torch_device), "batch_size": batch_size,
+                     "max_pictures": max_pictures},
+        "versions": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_tables(result, out)
+    write_curves(out / "curves.png", curves, FPR_LIMIT)
+    return result

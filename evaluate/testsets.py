@@ -1,0 +1,217 @@
+"""Labelled test sets: which images are good, which defective, and where their masks are.
+
+A :class:`TestSet` is only a list of files with labels; nothing is decoded here, so a
+wrong layout is reported before any model runs. Finders:
+
+- :func:`mvtec_testset`: ``C/test/good``, ``C/test/<defect>/``, masks at
+  ``C/ground_truth/<defect>/<name>_mask.png``; a defect image without its mask is an error.
+- :func:`chestxray_testset`: two image lists (normal, anomalous), image level only; files
+  are found by ``nsa-gen``'s own rule (:func:`nsa.generate.sources.chestxray_source`).
+- :func:`folder_testset`: one folder of good images and any number of defect folders,
+  masks optional.
+- :func:`elpv_testset`: the held-out functional cells against the defective ones, by the
+  one ELPV split rule (:func:`nsa.generate.sources.elpv_split`); image level only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from nsa.generate.images import read_image
+from nsa.generate.sources import IMAGE_SUFFIXES, chestxray_source, elpv_split
+
+from nsa.errors import UserError
+
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """One test image: its file, label (0 good, 1 defective), defect type and mask file.
+
+    ``mask`` is None for good images (their ground truth is all defect-free) and for every
+    image of a set without masks.
+    """
+
+    __test__ = False  # a name pytest would otherwise try to collect
+
+    path: Path
+    label: int
+    defect: str = GOOD
+    mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """A named, labelled test set: one row of the tables.
+
+    ``paper_key`` (dataset, row) selects the published figures to show beside ours, when
+    the paper has them.
+    """
+
+    __test__ = False
+
+    name: str
+    description: str
+    images: list[TestImage]
+    has_masks: bool
+    paper_key: tuple[str, str] | None = None
+
+    @property
+    def n_good(self) -> int:
+        return sum(1 for image in self.images if image.label == 0)
+
+    @property
+    def n_defect(self) -> int:
+        return sum(1 for image in self.images if image.label == 1)
+
+    def check(self) -> TestSet:
+        """Refuse a set that cannot be scored: no good or no defective image."""
+        if self.n_good == 0:
+            raise UserError(f"{self.description}: no good test images")
+        if self.n_defect == 0:
+            raise UserError(f"{self.description}: no defective test images")
+        return self
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name; UserError when none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def mvtec_testset(root: str | Path, category: str) -> TestSet:
+    """The test split of one MVTec AD category under ``root``."""
+    base = Path(root) / category
+    test = base / "test"
+    if not test.is_dir():
+        raise UserError(
+            f"{test}: not found; expected the MVTec AD layout {category}/test/good, "
+            f"{category}/test/<defect>/ and {category}/ground_truth/<defect>/<name>_mask.png"
+        )
+    images = [TestImage(path, 0) for path in image_files(test / GOOD)]
+    defects = sorted(p for p in test.iterdir() if p.is_dir() and p.name != GOOD)
+    for folder in defects:
+        for path in image_files(folder):
+            mask = base / "ground_truth" / folder.name / f"{path.stem}_mask.png"
+            if not mask.is_file():
+                raise UserError(f"{path}: defect image without its mask {mask}")
+            images.append(TestImage(path, 1, folder.name, mask))
+    return TestSet(
+        name=category, description=f"MVTec AD {category} test split in {Path(root)}",
+        images=images, has_masks=True, paper_key=("mvtec", category),
+    ).check()
+
+
+def chestxray_testset(
+    root: str | Path, normal_list: str | Path, anomaly_list: str | Path, name: str | None = None
+) -> TestSet:
+    """Normal against anomalous chest X-rays named in two list files, image level only.
+
+    The row is named after the lists' subset (``chestxray-male``/``chestxray-female`` for
+    the paper's curated lists, whose figures are then shown beside ours) unless ``name``.
+    """
+    normal = chestxray_source(root, normal_list).files
+    anomalous = chestxray_source(root, anomaly_list).files
+    subset = _chestxray_subset(Path(anomaly_list).name)
+    images = [TestImage(Path(p), 0) for p in normal]
+    images += [TestImage(Path(p), 1, "anomaly") for p in anomalous]
+    return TestSet(
+        name=name or (f"chestxray-{subset}" if subset else "chestxray"),
+        description=f"chest X-rays in {Path(root)}: normal {normal_list}, anomalous {anomaly_list}",
+        images=images, has_masks=False,
+        paper_key=("chestxray", subset) if subset else None,
+    ).check()
+
+
+def _chestxray_subset(list_name: str) -> str | None:
+    """'female' or 'male' from the paper's curated list names (e.g. ...FemaleAdultPA...)."""
+    lowered = list_name.lower()
+    if "female" in lowered:
+        return "female"
+    if "male" in lowered:
+        return "male"
+    return None
+
+
+def folder_testset(
+    good: str | Path,
+    defects: Sequence[str | Path],
+    masks: str | Path | None = None,
+    name: str | None = None,
+) -> TestSet:
+    """Good images in one folder against defective images in ``defects`` folders.
+
+    With ``masks``, every defect image needs a mask named ``<stem>_mask.png`` or
+    ``<stem>.png``, in ``masks/<defect folder name>/`` or directly in ``masks/``.
+    """
+    good = Path(good)
+    if not defects:
+        raise UserError("--defect: give at least one folder of defective images")
+    if masks is not None and not Path(masks).is_dir():
+        raise UserError(f"{masks}: no such folder")
+    images = [TestImage(path, 0) for path in image_files(good)]
+    for folder in map(Path, defects):
+        for path in image_files(folder):
+            mask = _find_mask(Path(masks), folder.name, path) if masks is not None else None
+            images.append(TestImage(path, 1, folder.name, mask))
+    return TestSet(
+        name=name or good.resolve().parent.name or "folder",
+        description=f"good images in {good}, defective in {', '.join(map(str, defects))}"
+        + (f", masks in {masks}" if masks is not None else ""),
+        images=images, has_masks=masks is not None,
+    ).check()
+
+
+def _find_mask(masks: Path, defect: str, image: Path) -> Path:
+    candidates = [
+        masks / defect / f"{image.stem}_mask.png", masks / defect / f"{image.stem}.png",
+        masks / f"{image.stem}_mask.png", masks / f"{image.stem}.png",
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{image}: defect image without a mask (looked for {candidates[0]} etc.)")
+
+
+def elpv_testset(cell_type: str) -> TestSet:
+    """Held-out functional ELPV cells of ``cell_type`` against the defective ones."""
+    split = elpv_split(cell_type)
+    images = [TestImage(Path(p), 0) for p in split.test_good]
+    images += [TestImage(Path(p), 1, "defective") for p in split.test_defect]
+    return TestSet(
+        name=f"elpv-{cell_type}",
+        description=f"ELPV {cell_type} cells: held-out functional (probability 0) against "
+        "defective (probability >= 0.66)",
+        images=images, has_masks=False,
+    ).check()
+
+
+def read_test_image(
+    image: TestImage, channels: int, has_masks: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode one test image at its native size and its ground truth as a bool map.
+
+    Good images of a set with masks get an all-false map. A mask of another size than its
+    image is a UserError naming both.
+    """
+    pixels = read_image(image.path, channels=channels)
+    if not has_masks:
+        return pixels, None
+    if image.mask is None:
+        return pixels, np.zeros(pixels.shape[:2], dtype=bool)
+    mask = read_image(image.mask, channels=1)[..., 0] > 127
+    if mask.shape != pixels.shape[:2]:
+        raise UserError(
+            f"{image.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"{image.path} is {pixels.shape[1]}x{pixels.shape[0]}"
+        )
+    return pixels, mask
