@@ -69,8 +69,9 @@ def ellipse_mask(rng: np.random.Generator, height: int, width: int, count: int,
                  bounds: WidthBounds, half_h: int, half_w: int) -> np.ndarray:
     """Union of ``count`` random rotated ellipses inside a (height, width) box, uint8 0/1.
 
-    Centres are uniform in the box, angles uniform in [0, pi), semi-axes uniform between
-    the minimum half-width and the patch's half-width on each axis.
+    Centres are uniform in the box, angles uniform in [0, pi), semi-axes uniform in
+    [min half-width, max(min + 1, patch half-width // 2)) per axis, as in the authors'
+    release; unlike it, the ellipse is a true rotation of one with those semi-axes.
     """
     ys = np.arange(height, dtype=np.float32)[:, None]
     xs = np.arange(width, dtype=np.float32)[None, :]
@@ -79,8 +80,8 @@ def ellipse_mask(rng: np.random.Generator, height: int, width: int, count: int,
         theta = rng.uniform(0.0, math.pi)
         y0 = rng.integers(0, height)
         x0 = rng.integers(0, width)
-        a = max(int(rng.integers(bounds.min_h, max(bounds.min_h + 1, half_h))), 1)
-        b = max(int(rng.integers(bounds.min_w, max(bounds.min_w + 1, half_w))), 1)
+        a = int(rng.integers(bounds.min_h, max(bounds.min_h + 1, half_h // 2)))
+        b = int(rng.integers(bounds.min_w, max(bounds.min_w + 1, half_w // 2)))
         dy, dx = ys - y0, xs - x0
         cos, sin = math.cos(theta), math.sin(theta)
         u = (dy * cos + dx * sin) / a

@@ -9,10 +9,19 @@ any example and a resumed run writes the same bytes.
 For valid inputs nothing here raises: a patch that cannot be placed is skipped, and an
 example without any blended patch has an all-zero label and a ``reason`` from
 :data:`SKIP_REASONS`. Invalid inputs raise :class:`~nsa.errors.UserError` subclasses.
+
+Where the authors' release differs from the method as written, we follow the method and
+say so: a patch lands exactly on its sampled box (their ``cv2.seamlessClone`` call moves
+odd-sized and non-rectangular patches by a pixel or more against the label); the label
+region is the union of all patch regions (theirs lets a later patch's box overwrite an
+earlier one's mask); Poisson values are rounded, not truncated. Object masks are not used
+with ``same`` or ``cutpaste`` (as in the release). With ``shift`` off, a rescaled patch
+keeps its source centre, moved inward where it would cross the border.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -293,8 +302,9 @@ class _Synthesizer:
             if np.count_nonzero(mask) < MIN_BLEND_PIXELS:
                 record.reason = "region-too-small"
                 return
-            dest_area[...] = poisson_blend(dest_area, patch, mask, mode == "mixed",
-                                           self.factor)
+            # the authors pass the factor to OpenCV as a mask value of ceil(255 f)
+            weight = math.ceil(self.factor * 255) / 255
+            dest_area[...] = poisson_blend(dest_area, patch, mask, mode == "mixed", weight)
         self.region[y0:y1, x0:x1] |= region
         self.boxes.append(box)
 
