@@ -41,7 +41,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from nsa.errors import UserError
+from nsa.errors import CheckFailed, UserError
+from nsa.progress import progress_bar
 
 FORMAT = "nsa-shards"
 FORMAT_VERSION = 1
@@ -206,6 +207,36 @@ class Store:
             self.group[name][sl] = getattr(data, name)
         self.group["checksums"][index] = data.checksum()
 
+    def summary(self) -> dict[str, Any]:
+        """What ``nsa-gen info`` prints: shape, provenance, progress and label counts."""
+        written = self.written_chunks()
+        reasons = self.attrs.get("reasons", [])
+        counts = np.bincount(self.group["reason"][:], minlength=len(reasons))
+        done = np.repeat(written, self.chunk_size)[: self.n]
+        labels = self.group["labels"][:][done]
+        source = self.attrs.get("source", {})
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {
+            "path": str(self.path),
+            "complete": self.complete,
+            "n": self.n,
+            "shape": [self.height, self.width, self.channels],
+            "chunks_written": int(written.sum()),
+            "chunks": self.n_chunks,
+            "chunk_size": self.chunk_size,
+            "preset": self.attrs.get("preset"),
+            "seed": self.attrs.get("seed"),
+            "source": f"{source.get('kind')}: {source.get('description')} "
+                      f"({len(source.get('files', []))} images)",
+            "anomalous": int(labels.sum()),
+            "examples_written": int(done.sum()),
+            "skipped": {name: int(counts[i]) for i, name in enumerate(reasons)
+                        if i and counts[i]} if done.all() else {},
+            "bytes": size,
+            "created": self.attrs.get("created"),
+            "versions": self.attrs.get("versions", {}),
+        }
+
     def mark_complete(self) -> None:
         """Record that every chunk is written; the last write of a finished store."""
         self.group.attrs["complete"] = True
@@ -240,3 +271,65 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False, mode: str = 
             "finish it with `nsa-gen ... --resume`"
         )
     return Store(path, group)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """:meth:`Store.summary` as aligned ``key: value`` lines."""
+    written = summary["examples_written"]
+    lines = {
+        "store": summary["path"],
+        "complete": "yes" if summary["complete"] else
+        f"no ({summary['chunks_written']} of {summary['chunks']} chunks written)",
+        "examples": f"{summary['n']} of {'x'.join(map(str, summary['shape']))} uint8, "
+                    f"{summary['chunks']} chunks of {summary['chunk_size']}",
+        "preset": summary["preset"],
+        "seed": summary["seed"],
+        "source": summary["source"],
+        "anomalous": f"{summary['anomalous']} of {written} written"
+                     + (f" ({summary['anomalous'] / written:.1%})" if written else ""),
+        "no anomaly because": ", ".join(f"{k} {v}" for k, v in summary["skipped"].items())
+                              or "-",
+        "on disk": f"{summary['bytes'] / 1e6:,.1f} MB"
+                   + (f" ({summary['bytes'] / written / 1e3:,.1f} kB per example)"
+                      if written else ""),
+        "created": summary["created"],
+        "versions": ", ".join(f"{k} {v}" for k, v in summary["versions"].items()),
+    }
+    width = max(map(len, lines))
+    return "\n".join(f"{key + ':':<{width + 1}} {value}" for key, value in lines.items())
+
+
+def verify_store(path: str | Path, *, progress: bool = False) -> int:
+    """Re-check every chunk of the store at ``path``; return how many were checked.
+
+    Raises :class:`~nsa.errors.CheckFailed` (exit 1) naming every missing, unreadable or
+    corrupted chunk by index; the store may be incomplete (its missing chunks are named).
+    """
+    store = open_store(path, allow_incomplete=True)
+    bad: list[str] = []
+    bar = progress_bar("chunks")
+    if progress:
+        bar.start()
+    task = bar.add_task("verifying", total=store.n_chunks)
+    try:
+        for index in range(store.n_chunks):
+            problem = _chunk_problem(store, index)
+            if problem:
+                bad.append(f"chunk {index} {problem}")
+            bar.advance(task)
+    finally:
+        bar.stop()
+    if bad:
+        shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise CheckFailed(f"{store.path}: {len(bad)} of {store.n_chunks} chunks bad: {shown}")
+    return store.n_chunks
+
+
+def _chunk_problem(store: Store, index: int) -> str | None:
+    if not store.written_chunks()[index]:
+        return "missing"
+    try:
+        store.read_chunk(index, verify=True)
+    except StoreError as exc:
+        return str(exc).split(f"chunk {index} ", 1)[-1]
+    return None

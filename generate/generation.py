@@ -1,0 +1,261 @@
+"""Generate an NSA shard store with Ray: one task per chunk, resumable, reproducible.
+
+Why it is built this way:
+
+- Example ``i`` is ``make_example(sources, settings, seed, i)``, a pure function, so the
+  bytes of a store do not depend on how many workers made it or in which order.
+- A Ray task owns one chunk of every array (see :mod:`nsa.generate.shards`): zarr loses
+  data silently when two writers touch one chunk. The task writes the data, then the
+  chunk's checksum, the marker that the chunk is done; it reads the chunk back and checks
+  it before returning. ``--resume`` therefore redoes exactly the chunks without a
+  checksum, and produces what an uninterrupted run would have.
+- The source images are resized once in the driver, their object masks computed once,
+  and the resulting ``SourceSet`` put into the object store once; tasks read it without
+  copying. At most ``workers`` tasks are in flight, so the driver's memory and the object
+  store hold only that many chunks whatever ``n`` is.
+- Everything that can be wrong with the input is checked before the store is created, so
+  bad input never leaves anything that looks like a store on disk; ``complete: true`` is
+  written last, after every chunk is accounted for.
+
+The store path must be reachable under the same name from every Ray node (a shared file
+system when ``--address`` names a multi-machine cluster).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nsa.generate import shards
+from nsa.generate.images import load_images
+from nsa.generate.presets import preset_names, resolve_settings
+from nsa.generate.sources import Source
+from nsa.generate.synthesis import SKIP_REASONS, Example, SourceSet, make_example, prepare_sources
+
+from nsa.errors import UserError
+from nsa.progress import progress_bar
+from nsa.ray_session import ray_session
+from nsa.versions import package_versions
+
+#: Attributes that must match for ``--resume`` to continue a store.
+IDENTITY_KEYS = ("preset", "settings", "seed", "n", "chunk_size", "height", "width",
+                 "channels")
+
+
+def chunk_data(examples: list[Example]) -> shards.ChunkData:
+    """Stack examples into the stored arrays of one chunk."""
+    boxes = np.full((len(examples), shards.MAX_PATCHES, 4), -1, np.int16)
+    for row, example in enumerate(examples):
+        if example.boxes:
+            boxes[row, :len(example.boxes)] = np.asarray(example.boxes[:shards.MAX_PATCHES])
+    return shards.ChunkData(
+        images=np.stack([e.image for e in examples]),
+        masks=np.stack([shards.label_to_mask(e.label) for e in examples]),
+        labels=np.array([e.image_label for e in examples], np.uint8),
+        dest_index=np.array([e.dest_index for e in examples], np.int32),
+        source_index=np.array([e.source_index for e in examples], np.int32),
+        boxes=boxes,
+        reason=np.array([SKIP_REASONS.index(e.reason) for e in examples], np.uint8),
+    )
+
+
+def write_chunk(path: Path, sources: SourceSet, settings: dict[str, Any], seed: int,
+                index: int) -> int:
+    """Make, write and check chunk ``index`` of the store at ``path``; return its size.
+
+    The body of one Ray task; also callable in-process.
+    """
+    store = shards.open_store(path, allow_incomplete=True, mode="r+")
+    span = store.chunk_slice(index)
+    examples = [make_example(sources, settings, seed, i) for i in range(span.start, span.stop)]
+    store.write_chunk(index, chunk_data(examples))
+    store.read_chunk(index, verify=True)
+    return span.stop - span.start
+
+
+def _write_chunk_task(path: Path, sources: SourceSet, settings: dict[str, Any], seed: int,
+                      index: int) -> int:
+    import cv2
+
+    cv2.setNumThreads(1)  # one task per CPU: no nested thread pools
+    return write_chunk(path, sources, settings, seed, index)
+
+
+def _check_options(n: int, seed: int, workers: int | None, chunk_size: int, resume: bool,
+                   overwrite: bool) -> None:
+    if n < 1:
+        raise UserError(f"--n must be at least 1, not {n}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, not {seed}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, not {workers}")
+    if chunk_size < 1:
+        raise UserError(f"--chunk-size must be at least 1, not {chunk_size}")
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+
+
+def _is_store(path: Path) -> bool:
+    try:
+        shards.open_store(path, allow_incomplete=True)
+    except shards.StoreError:
+        return False
+    return True
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if resume:
+        if not _is_store(out):
+            raise UserError(f"{out}: --resume needs an NSA store here, and this is not one")
+        return
+    if not overwrite:
+        raise UserError(f"{out} already exists; pass --resume to finish it or --overwrite "
+                        "to replace it")
+    if not _is_store(out) and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: --overwrite replaces only NSA stores, and this is not one")
+
+
+def _resume_mismatch(attrs: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """The first attribute that differs between an existing store and this run."""
+    for key in IDENTITY_KEYS:
+        if attrs.get(key) != wanted[key]:
+            return f"{key} ({attrs.get(key)!r} there, {wanted[key]!r} now)"
+    old, new = attrs.get("source", {}), wanted["source"]
+    if old.get("kind") != new["kind"]:
+        return f"source kind ({old.get('kind')!r} there, {new['kind']!r} now)"
+    old_hashes = [f.get("sha256") for f in old.get("files", [])]
+    new_hashes = [f["sha256"] for f in new["files"]]
+    if old_hashes != new_hashes:
+        return (f"source images ({len(old_hashes)} files there, {len(new_hashes)} now, "
+                "or their contents differ)")
+    return None
+
+
+def generate_store(
+    source: Source,
+    out: Path | str,
+    *,
+    n: int,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    size: int | None = None,
+    chunk_size: int = shards.DEFAULT_CHUNK_SIZE,
+    progress: bool = True,
+) -> Path:
+    """Generate ``n`` examples from ``source`` into the store ``out``; return its path.
+
+    ``preset`` defaults to the source's; ``overrides`` and ``size`` change settings.
+    ``workers`` caps concurrent tasks (default: every CPU of the local machine or the
+    cluster at ``address``). ``resume`` finishes an interrupted store made with the same
+    settings, seed, n and source images (and starts one when ``out`` does not exist);
+    ``overwrite`` replaces an existing store.
+    """
+    out = Path(out)
+    _check_options(n, seed, workers, chunk_size, resume, overwrite)
+    preset = preset or source.default_preset
+    if preset is None:
+        raise UserError(f"{source.kind} source: choose a --preset ({', '.join(preset_names())})")
+    overrides = dict(overrides or {})
+    if size is not None:
+        if size < 1:
+            raise UserError(f"--size must be a positive number of pixels, not {size}")
+        overrides["size"] = size
+    settings = resolve_settings(preset, overrides)
+    _check_out(out, resume, overwrite)
+
+    images = load_images(source.files, settings["size"], progress=progress)
+    sources = prepare_sources(images, settings)
+    height, width, channels = sources.shape
+    wanted = {
+        "preset": preset, "settings": settings, "seed": seed, "n": n,
+        "chunk_size": chunk_size, "height": height, "width": width, "channels": channels,
+        "source": source.attrs(),
+    }
+
+    with ray_session(address, workers if address is None else None):
+        store = _open_or_create(out, wanted, resume)
+        if not store.complete:
+            _run_chunks(store, sources, settings, seed, workers, progress)
+            _finish(store)
+    return out
+
+
+def _open_or_create(out: Path, wanted: dict[str, Any], resume: bool) -> shards.Store:
+    if resume and out.exists():
+        store = shards.open_store(out, allow_incomplete=True, mode="r+")
+        mismatch = _resume_mismatch(store.attrs, wanted)
+        if mismatch:
+            raise UserError(f"{out}: cannot resume, the store was made with another {mismatch}")
+        return store
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    attrs = {
+        **{k: wanted[k] for k in ("preset", "settings", "seed", "source")},
+        "reasons": list(SKIP_REASONS),
+        "versions": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    shards.create_store(out, n=wanted["n"], height=wanted["height"], width=wanted["width"],
+                        channels=wanted["channels"], chunk_size=wanted["chunk_size"],
+                        attrs=attrs)
+    return shards.open_store(out, allow_incomplete=True, mode="r+")
+
+
+def _run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any], seed: int,
+                workers: int | None, progress: bool) -> None:
+    """Write every chunk without a checksum, at most ``workers`` tasks at a time."""
+    import ray
+
+    pending = deque(int(i) for i in np.flatnonzero(~store.written_chunks()))
+    in_flight_cap = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    task = ray.remote(num_cpus=1, max_retries=0)(_write_chunk_task)
+    sources_ref = ray.put(sources)
+    done = store.n - sum(store.chunk_slice(i).stop - store.chunk_slice(i).start
+                         for i in pending)
+    bar = progress_bar("examples")
+    if progress:
+        bar.start()
+    bar_task = bar.add_task("generating", total=store.n, completed=done)
+    in_flight: list[Any] = []
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < in_flight_cap:
+                index = pending.popleft()
+                in_flight.append(task.remote(store.path, sources_ref, settings, seed, index))
+            ready, in_flight = ray.wait(in_flight, num_returns=1)
+            bar.advance(bar_task, _result(ready[0]))
+    finally:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+        bar.stop()
+
+
+def _result(ref: Any) -> int:
+    """The task's result; a UserError raised inside a task comes out as itself."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise exc.cause from None
+        raise
+
+
+def _finish(store: shards.Store) -> None:
+    """Mark the store complete once every chunk has its checksum."""
+    missing = np.flatnonzero(~store.written_chunks())
+    if missing.size:
+        raise shards.StoreError(f"{store.path}: chunks {missing.tolist()[:5]} were not written")
+    store.mark_complete()
