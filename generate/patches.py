@@ -91,12 +91,12 @@ def ellipse_mask(rng: np.random.Generator, height: int, width: int, count: int,
 
 
 def cutpaste_box(rng: np.random.Generator, height: int, width: int) -> Box:
-    """CutPaste sampling: area U(0.02, 0.15) of the image, aspect (w/h) from U(0.3, 1) or
-    U(1, 3.3) with equal chance, placed fully inside the image."""
+    """CutPaste sampling: area U(0.02, 0.15) of the image, aspect (h/w, as in the authors'
+    release) from U(0.3, 1) or U(1, 3.3) with equal chance, placed fully inside the image."""
     area = rng.uniform(0.02, 0.15) * height * width
     aspect = rng.uniform(0.3, 1.0) if rng.random() < 0.5 else rng.uniform(1.0, 3.3)
-    ph = min(max(round(math.sqrt(area / aspect)), 1), height)
-    pw = min(max(round(math.sqrt(area * aspect)), 1), width)
+    ph = min(max(round(math.sqrt(area * aspect)), 1), height)
+    pw = min(max(round(math.sqrt(area / aspect)), 1), width)
     y0 = int(rng.integers(0, height - ph + 1))
     x0 = int(rng.integers(0, width - pw + 1))
     return (y0, x0, y0 + ph, x0 + pw)
