@@ -134,6 +134,9 @@ def resolve_settings(name: str, overrides: dict[str, Any] | None = None) -> dict
     """
     if name not in PRESETS:
         raise SettingsError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise SettingsError(f"overrides must be a mapping of setting names to values, not "
+                            f"{type(overrides).__name__}")
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(SETTING_NAMES))
     if unknown:

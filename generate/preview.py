@@ -1,7 +1,8 @@
 """A PNG grid that shows what a preset's anomalies look like, before any training.
 
 One row per example: destination | result (blended patch boxes outlined) | label map
-(inferno colour map, black = 0, yellow = 1). Rows use examples 0..n-1 of the given seed,
+(inferno colour map, black = 0, yellow = 1; an example without anomaly names its reason
+there). Rows use examples 0..n-1 of the given seed,
 so the preview shows exactly what a store with that seed starts with.
 """
 
@@ -41,8 +42,11 @@ def preview_grid(sources: SourceSet, settings: dict[str, Any], seed: int, n: int
         result = np.ascontiguousarray(_rgb(example.image))
         for y0, x0, y1, x1 in example.boxes:
             cv2.rectangle(result, (x0, y0), (x1 - 1, y1 - 1), _BOX_COLOUR[::-1], 1)
-        label = cv2.applyColorMap(np.rint(example.label * 255).astype(np.uint8),
-                                  cv2.COLORMAP_INFERNO)[..., ::-1]
+        label = np.ascontiguousarray(cv2.applyColorMap(
+            np.rint(example.label * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1])
+        if example.reason:  # say why this example has no anomaly
+            cv2.putText(label, example.reason, (4, height - 6), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.4, (255, 255, 255), 1, cv2.LINE_AA)
         top = _HEADER + row * (height + _GAP)
         for i, tile in enumerate((dest, result, label)):
             left = i * (width + _GAP)

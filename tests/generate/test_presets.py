@@ -100,6 +100,11 @@ def test_unknown_settings_are_named():
         resolve_settings("elpv", {"modes": "mixed", "colour": 1})
 
 
+def test_overrides_must_be_a_mapping():
+    with pytest.raises(SettingsError, match="mapping"):
+        resolve_settings("elpv", ["mode=mixed"])
+
+
 @pytest.mark.parametrize("key,value", [
     ("mode", "poisson"), ("label_mode", "soft"), ("num_patches", 0), ("num_patches", 5),
     ("num_patches", 2.5), ("width_bounds", [[0.4, 0.03], [0.03, 0.4]]),

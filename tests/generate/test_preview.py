@@ -31,3 +31,12 @@ def test_preview_into_an_unwritable_place_is_a_user_error(sources, tmp_path):
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot write"):
         write_preview(sources, resolve_settings("elpv"), 0, 1, blocker / "x.png")
+
+
+def test_preview_of_blank_images_renders_rows_without_anomaly(tmp_path):
+    blank = [np.full((40, 40, 3), 220, np.uint8) for _ in range(2)]
+    settings = resolve_settings("bottle")
+    path = write_preview(prepare_sources(blank, settings), settings, 0, 2, tmp_path / "b.png")
+    grid = cv2.imread(str(path))
+    label_tile = grid[22:62, 2 * 44:]
+    assert label_tile.max() > 200  # the reason is written in white on a black label

@@ -153,6 +153,22 @@ def test_uniform_mode_interpolates_and_labels_with_the_factor():
     assert np.abs(example.image[y0:y1, x0:x1] - expected).max() <= 1
 
 
+def test_fpi_poisson_labels_every_changed_pixel_with_one_factor(gray_sources):
+    settings = resolve_settings("elpv", {"mode": "mixed", "label_mode": "continuous",
+                                         "shift": False, "resize": False})
+    sources = prepare_sources(gray_sources, settings)
+    factors = []
+    for index in range(20):
+        example = make_example(sources, settings, 0, index)
+        values = set(np.unique(example.label)) - {0.0}
+        assert len(values) <= 1
+        factors += values
+        for record in example.patches:
+            if record.reason == "":
+                assert record.dest_box == record.src_box  # no shift, no resize
+    assert len(set(factors)) >= 5 and all(0.05 <= f <= 0.95 for f in factors)
+
+
 def test_cutpaste_makes_one_patch_of_the_cutpaste_size(gray_sources):
     settings = resolve_settings("elpv", {"mode": "swap", "same": True, "resize": False,
                                          "cutpaste": True, "num_patches": 4})
