@@ -8,6 +8,7 @@ with a bright square in defective images, whose mask is written beside them.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import cv2
@@ -94,11 +95,12 @@ def _make_mvtec(
     """An MVTec-AD-layout category: test/good, test/<defect>/, ground_truth/<defect>/."""
     defects = {"scratch": 2, "dent": 2} if defects is None else defects
     base = root / category
+    seed = zlib.crc32(category.encode()) % 10_000 * 1_000  # categories differ
     for i in range(n_good):
-        _write_png(base / "test" / "good" / f"{i:03d}.png", _sample_image(i, side)[0])
+        _write_png(base / "test" / "good" / f"{i:03d}.png", _sample_image(seed + i, side)[0])
     for k, (defect, count) in enumerate(defects.items()):
         for i in range(count):
-            image, mask = _sample_image(100 * (k + 1) + i, side, defect=True)
+            image, mask = _sample_image(seed + 100 * (k + 1) + i, side, defect=True)
             _write_png(base / "test" / defect / f"{i:03d}.png", image)
             _write_png(base / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
     return root
