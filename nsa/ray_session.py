@@ -80,11 +80,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
     if num_cpus is not None and num_cpus < 1:
         raise UserError(f"--workers must be at least 1, not {num_cpus}")
+    if address is not None and address != "auto":
+        check_reachable(address)
     if ray.is_initialized():
         yield
         return
-    if address is not None and address != "auto":
-        check_reachable(address)
     temp_dir = None if address else tempfile.mkdtemp(prefix="nsa-ray-", dir="/tmp")
     quiet = {"include_dashboard": False, "log_to_driver": False,
              "logging_level": logging.WARNING}

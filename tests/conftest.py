@@ -1,0 +1,88 @@
+"""Fixtures shared by every stage's tests.
+
+- ``isolated_home`` (automatic): ``HOME`` points at an empty temporary directory for the
+  whole session, so nothing (Ray, torch, matplotlib caches) can write into the user's home.
+- ``mvtec_root``: a tiny MVTec AD-layout tree, built once per session.
+- ``local_ray``: one local Ray with 2 CPUs for the tests that use it; code under test
+  that enters :func:`nsa.ray_session.ray_session` reuses it instead of starting its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+#: The category of the fixture tree; a real MVTec name so its preset applies.
+MVTEC_CATEGORY = "bottle"
+MVTEC_SIDE = 64
+MVTEC_DEFECT = "broken_large"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point HOME (and the XDG cache) at an empty directory for the session."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        patch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+        yield home
+
+
+def _object_image(rng: np.random.Generator, side: int) -> np.ndarray:
+    """A dark textured disk (the object) on a plain light background, RGB uint8.
+
+    The bottle preset finds objects as pixels darker than 200 - 60, so object masks work.
+    """
+    yy, xx = np.mgrid[:side, :side]
+    cy, cx = side / 2 + rng.uniform(-3, 3, size=2)
+    radius = side * rng.uniform(0.3, 0.36)
+    inside = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+    image = np.full((side, side, 3), 205.0) + rng.normal(0, 2, (side, side, 3))
+    stripes = 40 + 25 * np.sin(xx / 3.0 + rng.uniform(0, 6))[..., None] * [1.0, 0.8, 0.6]
+    texture = stripes + rng.normal(0, 6, (side, side, 3))
+    image[inside] = texture[inside]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = image[..., ::-1] if image.ndim == 3 else image
+    assert cv2.imwrite(str(path), np.ascontiguousarray(bgr))
+
+
+@pytest.fixture(scope="session")
+def mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MVTec AD-layout root with one category (``MVTEC_CATEGORY``), 64x64 RGB PNGs.
+
+    ``bottle/train/good``: 6 images; ``test/good``: 3; ``test/broken_large``: 3 with a
+    bright scratch on the object, and ``ground_truth/broken_large/NNN_mask.png`` (255 on
+    the scratch, 0 elsewhere). Built once per session; do not modify it (copy it).
+    """
+    root = tmp_path_factory.mktemp("mvtec")
+    category = root / MVTEC_CATEGORY
+    rng = np.random.default_rng(20220915)
+    for split, count in (("train/good", 6), ("test/good", 3)):
+        for i in range(count):
+            _write_png(category / split / f"{i:03d}.png", _object_image(rng, MVTEC_SIDE))
+    for i in range(3):
+        image = _object_image(rng, MVTEC_SIDE)
+        mask = np.zeros((MVTEC_SIDE, MVTEC_SIDE), np.uint8)
+        y, x = 24 + 4 * i, 20 + 2 * i
+        cv2.line(mask, (x, y), (x + 18, y + 10), 255, thickness=3)
+        image[mask > 0] = (250, 240, 230)
+        _write_png(category / "test" / MVTEC_DEFECT / f"{i:03d}.png", image)
+        _write_png(category / "ground_truth" / MVTEC_DEFECT / f"{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """One local Ray (2 CPUs) for the session; ``ray_session`` calls inside reuse it."""
+    from nsa.ray_session import ray_session
+
+    with ray_session(None, num_cpus=2):
+        yield

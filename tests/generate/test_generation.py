@@ -1,0 +1,144 @@
+"""generate_store: Ray tasks writing whole chunks, reproducibly, resumably, with provenance."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from nsa.generate import shards
+from nsa.generate.generation import generate_store, write_chunk
+from nsa.generate.images import load_images
+from nsa.generate.presets import resolve_settings
+from nsa.generate.sources import mvtec_source
+from nsa.generate.synthesis import SKIP_REASONS, make_example, prepare_sources
+
+from nsa.errors import UserError
+
+N, CHUNK, SIZE = 20, 8, 64  # three chunks, the last one short
+
+
+@pytest.fixture(scope="module")
+def source(mvtec_root):
+    return mvtec_source(mvtec_root, "bottle")
+
+
+def _generate(source, out, **kwargs):
+    options = {"n": N, "chunk_size": CHUNK, "size": SIZE, "progress": False, **kwargs}
+    return generate_store(source, out, **options)
+
+
+def _arrays(path) -> dict[str, np.ndarray]:
+    group = shards.open_store(path).group
+    return {name: group[name][:] for name in (*shards.EXAMPLE_ARRAYS, "checksums")}
+
+
+@pytest.fixture(scope="module")
+def reference(source, local_ray, tmp_path_factory):
+    """A store made with 2 workers, seed 0 (compared against by several tests)."""
+    return _generate(source, tmp_path_factory.mktemp("ref") / "ref.zarr", workers=2)
+
+
+def test_one_and_two_workers_write_byte_identical_arrays(source, reference, tmp_path):
+    one = _generate(source, tmp_path / "one.zarr", workers=1)
+    expected = _arrays(reference)
+    for name, array in _arrays(one).items():
+        assert np.array_equal(array, expected[name]), name
+
+
+def test_stored_examples_are_make_example_of_their_index(source, reference):
+    settings = resolve_settings("bottle", {"size": SIZE})
+    sources = prepare_sources(load_images(source.files, SIZE), settings)
+    group = shards.open_store(reference).group
+    for index in (0, 13, N - 1):
+        example = make_example(sources, settings, 0, index)
+        assert np.array_equal(group["images"][index], example.image)
+        assert np.array_equal(group["masks"][index], shards.label_to_mask(example.label))
+        assert group["labels"][index] == example.image_label
+        assert group["dest_index"][index] == example.dest_index
+        assert SKIP_REASONS[group["reason"][index]] == example.reason
+
+
+def test_another_seed_gives_other_examples(source, reference, local_ray, tmp_path):
+    other = _generate(source, tmp_path / "seed1.zarr", seed=1)
+    assert not np.array_equal(_arrays(other)["images"], _arrays(reference)["images"])
+
+
+def test_store_records_provenance_and_is_complete(source, reference):
+    attrs = shards.open_store(reference).attrs
+    assert attrs["complete"] is True
+    assert (attrs["preset"], attrs["seed"], attrs["n"]) == ("bottle", 0, N)
+    assert attrs["settings"] == resolve_settings("bottle", {"size": SIZE})
+    files = attrs["source"]["files"]
+    assert [f["path"] for f in files] == [str(p) for p in source.files]
+    assert files[2]["sha256"] == hashlib.sha256(source.files[2].read_bytes()).hexdigest()
+    assert attrs["versions"]["zarr"] == "3.1.6"
+    assert attrs["reasons"] == list(SKIP_REASONS)
+    assert attrs["created"]
+
+
+def test_stored_boxes_are_valid_patch_boxes_padded_with_minus_one(reference):
+    arrays = _arrays(reference)
+    blended = arrays["reason"] == 0
+    assert blended.any()
+    for boxes, is_blended in zip(arrays["boxes"], blended, strict=True):
+        used = boxes[:, 0] >= 0
+        assert used.any() or not is_blended
+        assert (boxes[~used] == -1).all()
+        y0, x0, y1, x1 = boxes[used].T
+        assert ((y0 >= 0) & (y0 < y1) & (y1 <= SIZE) & (x0 >= 0) & (x0 < x1) & (x1 <= SIZE)).all()
+
+
+def test_resume_rewrites_only_unfinished_chunks_to_the_same_bytes(source, reference, tmp_path,
+                                                                  local_ray):
+    out = _generate(source, tmp_path / "r.zarr", workers=2)
+    store = shards.open_store(out, mode="r+")
+    store.group.attrs["complete"] = False
+    store.group["checksums"][1] = np.zeros(32, np.uint8)  # chunk 1 "never finished"
+    store.group["images"][CHUNK:2 * CHUNK] = 0  # and half written
+    _generate(source, out, resume=True)
+    for name, array in _arrays(out).items():
+        assert np.array_equal(array, _arrays(reference)[name]), name
+
+
+def test_resume_refuses_a_store_made_with_another_seed(source, reference, tmp_path):
+    with pytest.raises(UserError, match=r"cannot resume.*seed"):
+        _generate(source, reference, seed=5, resume=True)
+
+
+def test_resume_refuses_a_store_made_with_other_settings(source, reference):
+    with pytest.raises(UserError, match=r"cannot resume.*settings"):
+        _generate(source, reference, resume=True, overrides={"num_patches": 1})
+
+
+def test_existing_store_is_kept_without_resume_or_overwrite(source, reference):
+    before = _arrays(reference)["checksums"]
+    with pytest.raises(UserError, match=r"already exists.*--resume.*--overwrite"):
+        _generate(source, reference, seed=9)
+    assert np.array_equal(_arrays(reference)["checksums"], before)
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_store(source, tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("x")
+    with pytest.raises(UserError, match="replaces only NSA stores"):
+        _generate(source, tmp_path / "precious", overwrite=True)
+    assert (tmp_path / "precious" / "thesis.tex").exists()
+
+
+def test_zero_examples_is_refused_before_anything_is_written(source, tmp_path):
+    with pytest.raises(UserError, match="--n must be at least 1"):
+        _generate(source, tmp_path / "z.zarr", n=0)
+    assert not (tmp_path / "z.zarr").exists()
+
+
+def test_write_chunk_in_process_matches_the_ray_task_output(source, reference, tmp_path):
+    settings = resolve_settings("bottle", {"size": SIZE})
+    sources = prepare_sources(load_images(source.files, SIZE), settings)
+    ref = shards.open_store(reference)
+    out = tmp_path / "p.zarr"
+    shards.create_store(out, n=N, height=SIZE, width=SIZE, channels=3, chunk_size=CHUNK,
+                        attrs={})
+    assert write_chunk(out, sources, settings, 0, 2) == N - 2 * CHUNK
+    written = shards.open_store(out, allow_incomplete=True).read_chunk(2)
+    assert np.array_equal(written.checksum(), ref.read_chunk(2).checksum())

@@ -1,0 +1,89 @@
+"""The shard store format: chunk round trips, completeness, checksums, verify, summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from nsa.generate import shards
+
+from nsa.errors import CheckFailed
+
+N, CHUNK, SIDE = 10, 4, 8
+
+
+def _chunk(store: shards.Store, index: int, fill: int) -> shards.ChunkData:
+    size = store.chunk_slice(index).stop - store.chunk_slice(index).start
+    boxes = np.full((size, shards.MAX_PATCHES, 4), -1, np.int16)
+    boxes[:, 0] = (1, 2, 5, 6)
+    return shards.ChunkData(
+        images=np.full((size, SIDE, SIDE, 1), fill, np.uint8),
+        masks=np.full((size, SIDE, SIDE, 1), 255, np.uint8),
+        labels=np.ones(size, np.uint8),
+        dest_index=np.arange(size, dtype=np.int32),
+        source_index=np.arange(size, dtype=np.int32)[::-1].copy(),
+        boxes=boxes,
+        reason=np.zeros(size, np.uint8),
+    )
+
+
+def _store(tmp_path, written=(0, 1, 2)) -> shards.Store:
+    path = tmp_path / "s.zarr"
+    shards.create_store(path, n=N, height=SIDE, width=SIDE, channels=1, chunk_size=CHUNK,
+                        attrs={"preset": "elpv", "seed": 3, "reasons": ["", "no-change"],
+                               "source": {"kind": "folder", "description": "d", "files": []}})
+    store = shards.open_store(path, allow_incomplete=True, mode="r+")
+    for index in written:
+        store.write_chunk(index, _chunk(store, index, fill=10 + index))
+    return store
+
+
+def test_label_to_mask_round_trip_is_within_half_a_grey_level():
+    label = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    back = shards.mask_to_label(shards.label_to_mask(label))[..., 0]
+    assert np.abs(back - label).max() <= 0.5 / 255 + 1e-7
+
+
+def test_written_chunk_reads_back_identically_including_the_short_last_chunk(tmp_path):
+    store = _store(tmp_path)
+    last = store.read_chunk(2)
+    assert last.images.shape == (2, SIDE, SIDE, 1)
+    assert np.array_equal(last.images, _chunk(store, 2, fill=12).images)
+    assert store.written_chunks().tolist() == [True, True, True]
+
+
+def test_incomplete_store_is_refused_unless_asked_for(tmp_path):
+    _store(tmp_path)
+    with pytest.raises(shards.StoreError, match="incomplete"):
+        shards.open_store(tmp_path / "s.zarr")
+    assert not shards.open_store(tmp_path / "s.zarr", allow_incomplete=True).complete
+
+
+def test_verify_names_a_chunk_without_a_checksum_as_missing(tmp_path):
+    _store(tmp_path, written=(0, 2))
+    with pytest.raises(CheckFailed, match=r"1 of 3 chunks bad: chunk 1 missing"):
+        shards.verify_store(tmp_path / "s.zarr")
+
+
+def test_verify_names_a_corrupted_chunk_by_index(tmp_path):
+    store = _store(tmp_path)
+    store.mark_complete()
+    chunk_file = tmp_path / "s.zarr" / "images" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(chunk_file.read_bytes())
+    data[-20:] = bytes(20)
+    chunk_file.write_bytes(bytes(data))
+    with pytest.raises(CheckFailed, match=r"chunk 1 (is unreadable|does not match)"):
+        shards.verify_store(tmp_path / "s.zarr")
+
+
+def test_verify_passes_a_sound_store_and_counts_its_chunks(tmp_path):
+    store = _store(tmp_path)
+    store.mark_complete()
+    assert shards.verify_store(tmp_path / "s.zarr") == 3
+
+
+def test_summary_counts_written_examples_and_anomalies(tmp_path):
+    store = _store(tmp_path, written=(0,))
+    summary = store.summary()
+    assert (summary["examples_written"], summary["anomalous"]) == (CHUNK, CHUNK)
+    assert (summary["chunks_written"], summary["chunks"]) == (1, 3)
+    assert "no (1 of 3 chunks written)" in shards.format_summary(summary)
