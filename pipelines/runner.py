@@ -1,0 +1,119 @@
+"""Run every (category, seed) job of a config: locally, or as Ray tasks on a cluster.
+
+Locally, jobs run one after another in this process, each generate -> train -> evaluate.
+With ``address``, the driver joins the cluster: generation of each job spreads its chunks
+over every CPU of the cluster (nsa-gen's own Ray tasks), and as soon as a job's store is
+finished its training and evaluation are submitted as one Ray task that asks for a GPU
+when the cluster has one, so several jobs train at once on a multi-GPU cluster.
+
+Either way a failed job is reported and the others finish; the stages it did finish keep
+their markers, so running the same command again redoes only what is missing. Every
+stage that ran or was skipped is appended to ``<out>/pipeline-log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nsa.pipelines.config import PipelineConfig
+from nsa.pipelines.stages import JobPlan, plan_job, run_evaluate, run_generate, run_train
+
+from nsa.errors import UserError
+from nsa.ray_session import ray_session
+
+LOG_FILE = "pipeline-log.jsonl"
+
+
+@dataclass
+class JobOutcome:
+    """How one job ended: its metrics, or the one-line error that stopped it."""
+
+    name: str
+    category: str
+    seed: int
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    ran: list[str] = field(default_factory=list)
+
+
+def _log(out: Path, job: str, stage: str, ran: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOG_FILE, "a") as log:
+        record = {"time": time.time(), "job": job, "stage": stage, "ran": ran}
+        log.write(json.dumps(record) + "\n")
+
+
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, UserError):
+        return str(exc)
+    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return f"unexpected error: {last}"
+
+
+def _train_and_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
+                        ) -> tuple[list[str], dict[str, Any]]:
+    """Train then evaluate one job; return the stages that did work, and the metrics."""
+    trained = run_train(plan, progress)
+    _log(config.out, plan.job.name, "train", trained)
+    evaluated, metrics = run_evaluate(config, plan, progress)
+    _log(config.out, plan.job.name, "evaluate", evaluated)
+    return [stage for stage, did in (("train", trained), ("evaluate", evaluated)) if did], metrics
+
+
+def _run_local(config: PipelineConfig, plan: JobPlan, progress: bool) -> JobOutcome:
+    outcome = JobOutcome(plan.job.name, plan.job.category, plan.job.seed)
+    try:
+        did = run_generate(config, plan, progress)
+        _log(config.out, plan.job.name, "generate", did)
+        if did:
+            outcome.ran.append("generate")
+        ran, outcome.metrics = _train_and_evaluate(config, plan, progress)
+        outcome.ran += ran
+    except Exception as exc:  # one failed job must not stop the others
+        outcome.error = _error_line(exc)
+    return outcome
+
+
+def run_pipeline(config: PipelineConfig, *, address: str | None = None,
+                 progress: bool = True) -> list[JobOutcome]:
+    """Run every job of ``config``; return one outcome per job, in config order."""
+    plans = [plan_job(config, job) for job in config.jobs()]
+    config.out.mkdir(parents=True, exist_ok=True)
+    if address is None:
+        return [_run_local(config, plan, progress) for plan in plans]
+    with ray_session(address):
+        return _run_on_cluster(config, plans, progress)
+
+
+def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
+                    ) -> list[JobOutcome]:
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    remote = ray.remote(num_gpus=1 if gpus >= 1 else 0, num_cpus=1,
+                        max_retries=0)(_train_and_evaluate)
+    outcomes, pending = [], {}
+    for plan in plans:
+        outcome = JobOutcome(plan.job.name, plan.job.category, plan.job.seed)
+        outcomes.append(outcome)
+        try:
+            did = run_generate(config, plan, progress)
+            _log(config.out, plan.job.name, "generate", did)
+            if did:
+                outcome.ran.append("generate")
+            pending[len(outcomes) - 1] = remote.remote(config, plan, False)
+        except Exception as exc:
+            outcome.error = _error_line(exc)
+    for index, ref in pending.items():
+        try:
+            ran, outcomes[index].metrics = ray.get(ref)
+            outcomes[index].ran += ran
+        except Exception as exc:
+            cause = getattr(exc, "cause", None) or exc
+            outcomes[index].error = _error_line(cause)
+    return outcomes
