@@ -1,8 +1,10 @@
 """NSA synthesis: fidelity to the method, determinism, and errors for bad input."""
 
 import cv2
+import hypothesis
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 from nsa.generate import patches as geometry
 from nsa.generate.presets import SettingsError, resolve_settings
 from nsa.generate.rng import example_rng
@@ -312,6 +314,38 @@ def test_many_seeds_never_raise(preset):
         for index in range(40):
             example = make_example(sources, settings, i, index)
             assert example.reason in SKIP_REASONS
+
+
+@hypothesis.settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@hypothesis.given(
+    height=st.integers(17, 72), width=st.integers(17, 72), channels=st.sampled_from([1, 3]),
+    mode=st.sampled_from(["normal", "mixed", "mix", "swap", "uniform"]),
+    label_mode=st.sampled_from(["binary", "continuous", "intensity", "logistic-intensity"]),
+    num_patches=st.integers(1, 4), gamma=st.booleans(), ellipses=st.sampled_from([None, 3]),
+    objects=st.booleans(), shift=st.booleans(), resize=st.booleans(), same=st.booleans(),
+    cutpaste=st.booleans(), seed=st.integers(0, 2**32 - 1),
+)
+def test_any_valid_settings_and_image_size_give_a_valid_example(
+        height, width, channels, mode, label_mode, num_patches, gamma, ellipses, objects,
+        shift, resize, same, cutpaste, seed):
+    overrides = {
+        "mode": mode, "label_mode": label_mode, "num_patches": num_patches,
+        "gamma_params": [2, 0.05, 0.03] if gamma else None, "num_ellipses": ellipses,
+        "background": [220, 40] if objects else None, "shift": shift, "resize": resize,
+        "same": same, "cutpaste": cutpaste, "width_bounds": [[0.06, 0.45], [0.06, 0.45]],
+    }
+    rng = np.random.default_rng(seed)
+    dest = (object_images(rng, 1, 72)[0] if objects else textured(rng, 72, 3))
+    src = textured(rng, 72, 3)
+    dest = np.ascontiguousarray(dest[:height, :width, :channels])
+    src = np.ascontiguousarray(src[:height, :width, :channels])
+    example = synthesize(dest, src, resolve_settings("elpv", overrides), rng)
+    outside = ~box_union(example.boxes, (height, width))
+    assert np.array_equal(example.image[outside], dest[outside])
+    assert not example.label[outside].any()
+    assert example.label.min() >= 0.0 and example.label.max() <= 1.0
+    assert example.image_label == int(example.label.max() > 0)
+    assert example.reason in SKIP_REASONS and len(example.boxes) <= num_patches
 
 
 @pytest.mark.parametrize("dest,src,message", [
