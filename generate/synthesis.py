@@ -138,8 +138,9 @@ def _integral(mask: np.ndarray | None) -> np.ndarray | None:
 class _Synthesizer:
     """Makes one example; holds the per-example state that the patches share."""
 
-    def __init__(self, dest, src, p: _Params, rng, dest_object, src_object,
-                 dest_integral=None, src_integral=None):
+    def __init__(self, dest: np.ndarray, src: np.ndarray, p: _Params,
+                 rng: np.random.Generator, dest_object: np.ndarray | None,
+                 src_object: np.ndarray | None, src_integral: np.ndarray | None = None):
         self.dest, self.src, self.p, self.rng = dest, src, p, rng
         self.height, self.width = dest.shape[:2]
         self.bounds = geometry.WidthBounds.from_fractions(p.width_bounds, self.height, self.width)
@@ -400,7 +401,7 @@ def make_example(sources: SourceSet, settings: dict[str, Any], seed: int,
     if p.background is not None and not p.same and not p.cutpaste:
         masks, integrals = sources.masks_for(p.background)
         example = _Synthesizer(dest, src, p, rng, masks[dest_index], masks[source_index],
-                               integrals[dest_index], integrals[source_index]).run()
+                               integrals[source_index]).run()
     else:
         example = _Synthesizer(dest, src, p, rng, None, None).run()
     example.dest_index, example.source_index = dest_index, source_index
