@@ -11,14 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from nsa.generate import shards
+from nsa.generate.presets import resolve_settings
 
 
-def augment_settings(preset: str = "tiny", **augment) -> dict:
-    """A preset-shaped settings dict as the stores record it (see generate.presets)."""
-    full = {"rotate": 0, "center_crop": None, "crop": None, "vflip": False, "hflip": False}
-    full.update(augment)
-    return {"preset": preset, "kind": "elpv", "unaligned": False, "size": None,
-            "augment": full, "epochs": 1}
+def store_settings(augment: dict | None = None) -> dict:
+    """The ELPV preset's settings as a store records them, with its augmentation replaced
+    by ``augment`` (no augmentation by default, so tests can recognise examples)."""
+    settings = resolve_settings("elpv")
+    plain = {"rotate": 0, "center_crop": None, "crop": None, "vflip": False, "hflip": False}
+    settings["augment"] = {**plain, **(augment or {})}
+    return settings
 
 
 def write_store(
@@ -34,7 +36,7 @@ def write_store(
 ) -> Path:
     """Write a complete (or, with ``complete=False``, unfinished) store of ``n`` examples,
     whose settings ask for the ``augment`` keywords (none by default)."""
-    settings = augment_settings(**(augment or {}))
+    settings = store_settings(augment)
     rng = np.random.default_rng(seed)
     group_attrs = {"preset": settings["preset"], "settings": settings, "seed": seed,
                    "source": {"kind": "test", "description": "synthetic", "files": []},

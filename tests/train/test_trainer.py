@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from nsa.generate.presets import resolve_settings
 from nsa.generate.shards import StoreError
 from nsa.train.checkpoint import load_model, load_state
 from nsa.train.data import open_training_stores, plan_epoch
@@ -25,9 +26,11 @@ FAST = {"batch_size": 8, "loader_workers": 0, "threads": 1, "progress": False, "
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, make_store):
-    """Two epochs over 128 examples of 32 px (32 steps): the demo at a tiny size."""
+    """Two epochs over 128 examples of 32 px (32 steps) with the ELPV preset's flips:
+    the demo at a tiny size."""
     root = tmp_path_factory.mktemp("finished")
-    store = make_store(root / "s.zarr", n=128, chunk_size=16)
+    store = make_store(root / "s.zarr", n=128, chunk_size=16,
+                       augment=resolve_settings("elpv")["augment"])
     return train(TrainConfig(shards=[str(store)], out=str(root / "run"), epochs=2,
                              checkpoint_every=8, **FAST))
 
@@ -52,7 +55,7 @@ def test_run_directory_records_settings_stores_and_versions(finished_run):
     config = json.loads((finished_run / "config.json").read_text())
     assert config["config"]["epochs"] == 2 and config["config"]["batch_size"] == 8
     assert config["stores"][0]["n"] == 128 and config["stores"][0]["seed"] == 0
-    assert config["settings"]["augment"]["rotate"] == 0
+    assert config["settings"] == resolve_settings("elpv")
     assert (config["channels"], config["height"], config["width"]) == (1, 32, 32)
     assert "torch" in config["versions"]
     assert {"step", "loss", "lr", "examples_per_s"} <= set(_metrics(finished_run)[0])
