@@ -157,7 +157,38 @@ def resolve_settings(name: str, overrides: dict[str, Any] | None = None) -> dict
             settings["augment"] = {**settings["augment"], **copy.deepcopy(value)}
         else:
             settings[key] = copy.deepcopy(value)
+    augment_given = set(overrides.get("augment") or {}) if isinstance(
+        overrides.get("augment"), dict) else set()
+    if "size" in overrides and overrides["size"] != PRESETS[name]["size"]:
+        settings["augment"] = _scaled_crops(
+            settings["augment"], PRESETS[name]["size"], overrides["size"], augment_given)
     return validate_settings(settings)
+
+
+#: Crops are multiples of the NSA model's total stride (32), so that its map comes back at
+#: exactly the crop's resolution.
+CROP_MULTIPLE = 32
+
+
+def _scaled_crops(augment: dict[str, Any], preset_size: int, size: Any,
+                  given: set[str]) -> dict[str, Any]:
+    """Scale the preset's crops with an overridden ``size`` (e.g. 224 of 256 at 128 px).
+
+    A crop becomes the largest multiple of :data:`CROP_MULTIPLE` within the scaled crop
+    (at least one multiple, at most ``size``); the centre crop scales and never falls
+    below the crop. Crops the user gave explicitly are left alone; a size that is no
+    integer is left for validation to reject.
+    """
+    if not isinstance(size, int) or size < CROP_MULTIPLE:
+        return augment
+    scaled = dict(augment)
+    if "crop" not in given and augment.get("crop"):
+        crop = augment["crop"] * size / preset_size
+        scaled["crop"] = min(size, max(CROP_MULTIPLE, int(crop) // CROP_MULTIPLE * CROP_MULTIPLE))
+    if "center_crop" not in given and augment.get("center_crop"):
+        center = round(augment["center_crop"] * size / preset_size)
+        scaled["center_crop"] = min(size, max(center, scaled.get("crop") or 0))
+    return scaled
 
 
 def _fail(key: str, value: Any, want: str) -> SettingsError:

@@ -115,3 +115,20 @@ def test_overrides_must_be_a_mapping():
 def test_invalid_values_are_settings_errors_naming_the_setting(key, value):
     with pytest.raises(SettingsError, match=key.split(".")[0]):
         resolve_settings("elpv", {key: value})
+
+
+def test_overridden_size_scales_the_crops_to_multiples_of_32():
+    augment = resolve_settings("bottle", {"size": 128})["augment"]
+    assert augment["crop"] == 96 and augment["center_crop"] == 115
+    assert resolve_settings("carpet", {"size": 128})["augment"]["crop"] == 96
+
+
+def test_preset_size_keeps_the_papers_crops():
+    assert resolve_settings("bottle", {"size": 256})["augment"]["crop"] == 224
+    assert resolve_settings("carpet")["augment"]["crop"] == 256
+
+
+def test_explicit_crops_survive_a_size_override():
+    augment = resolve_settings("bottle", {"size": 64, "augment": {"crop": 64,
+                                                                 "center_crop": 64}})["augment"]
+    assert (augment["crop"], augment["center_crop"]) == (64, 64)
