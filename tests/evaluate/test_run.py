@@ -102,3 +102,15 @@ def test_elpv_cells_are_evaluated_image_level_on_the_held_out_split(
     assert (row["n_good"], row["n_defect"]) == (147, 369)
     assert 0.0 <= row["image_auroc"] <= 1.0 and np.isnan(row["aupro"])
     assert len(list((tmp_path / "out" / "maps").rglob("*.png"))) == 2
+
+
+def test_the_shared_mvtec_fixture_is_evaluated_with_the_papers_bottle_row(
+    trained_run: Path, mvtec_root: Path, tmp_path: Path
+) -> None:
+    result = evaluate([mvtec_testset(mvtec_root, "bottle")], trained_run, tmp_path / "out",
+                      protocol="mvtec", max_pictures=1, progress=False)
+    row = result["categories"]["bottle"]
+    assert (row["n_good"], row["n_defect"]) == (3, 3)
+    assert 0.0 <= row["aupro"] <= 1.0
+    assert row["paper"]["aupro"] == pytest.approx(0.929)
+    assert "| bottle | 3 | 3 |" in (tmp_path / "out" / "metrics.md").read_text()
