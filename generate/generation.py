@@ -38,7 +38,7 @@ from nsa.generate.synthesis import SKIP_REASONS, Example, SourceSet, make_exampl
 
 from nsa.errors import UserError
 from nsa.progress import progress_bar
-from nsa.ray_session import ray_session
+from nsa.ray_session import check_reachable, ray_session
 from nsa.versions import package_versions
 
 #: Attributes that must match for ``--resume`` to continue a store.
@@ -163,6 +163,8 @@ def generate_store(
     """
     out = Path(out)
     _check_options(n, seed, workers, chunk_size, resume, overwrite)
+    if address is not None and address != "auto":
+        check_reachable(address)  # fail in seconds, before reading any image
     preset = preset or source.default_preset
     if preset is None:
         raise UserError(f"{source.kind} source: choose a --preset ({', '.join(preset_names())})")

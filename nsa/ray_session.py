@@ -3,9 +3,10 @@
 Every stage that uses Ray (generation tasks, Ray Train, cluster batch jobs) enters
 :func:`ray_session`, so Ray is configured in one place:
 
-- A local Ray gets its own temporary directory ``/tmp/nsa-ray-*`` (removed afterwards),
-  no dashboard, worker logs not forwarded to the terminal (task errors still arrive as
-  exceptions), and these environment variables unless the user set them:
+- A local Ray gets its own temporary directory ``/tmp/nsa-ray-<pid>-*`` (short, as Ray's
+  socket paths must stay under 108 bytes; removed afterwards), no dashboard, worker logs
+  not forwarded to the terminal (task errors still arrive as exceptions), and these
+  environment variables unless the user set them:
   ``RAY_AUTH_MODE=disabled`` (Ray 2.60 otherwise generates a token and writes it to
   ``~/.ray/auth_token``; a private single-machine instance needs no token) and
   ``RAY_USAGE_STATS_ENABLED=0``. Nothing is written under ``$HOME``.
@@ -85,7 +86,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
-    temp_dir = None if address else tempfile.mkdtemp(prefix="nsa-ray-", dir="/tmp")
+    temp_dir = None if address else tempfile.mkdtemp(prefix=f"nsa-ray-{os.getpid()}-", dir="/tmp")
     quiet = {"include_dashboard": False, "log_to_driver": False,
              "logging_level": logging.WARNING}
     env = {} if address else _LOCAL_ENV
