@@ -1,0 +1,94 @@
+"""End-to-end pipeline runs on the tiny two-category fixture: skipping, killing, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nsa.pipelines.config import load_config
+from nsa.pipelines.runner import LOG_FILE, run_pipeline
+
+BIN = Path(sys.executable).parent
+CATEGORIES = ("bottle", "zipper")  # those of the two_categories fixture
+
+
+def _log(out: Path) -> list[dict]:
+    path = out / LOG_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_second_run_skips_every_finished_stage(tiny_config, two_categories, local_ray, tmp_path):
+    config = load_config(tiny_config(tmp_path / "c.toml", two_categories, tmp_path / "out",
+                                     seeds=(0,)))
+    first = run_pipeline(config, progress=False)
+    assert [o.error for o in first] == [None, None]
+    assert [o.ran for o in first] == [["generate", "train", "evaluate"]] * 2
+    second = run_pipeline(config, progress=False)
+    assert [o.ran for o in second] == [[], []]
+    assert second[0].metrics == first[0].metrics
+
+
+def test_changing_the_protocol_reruns_only_evaluation(tiny_config, two_categories, local_ray, tmp_path):
+    out = tmp_path / "out"
+    run_pipeline(load_config(tiny_config(tmp_path / "a.toml", two_categories, out, seeds=(0,))),
+                 progress=False)
+    again = run_pipeline(load_config(tiny_config(tmp_path / "b.toml", two_categories, out,
+                                                 seeds=(0,), protocol="mvtec")), progress=False)
+    assert [o.ran for o in again] == [["evaluate"], ["evaluate"]]
+    assert again[0].metrics["protocol"] == "mvtec"
+
+
+def test_a_failed_category_is_reported_and_the_others_finish(tiny_config, two_categories, local_ray,
+                                                             tmp_path):
+    root = tmp_path / "root"
+    (root / CATEGORIES[0]).mkdir(parents=True)  # first category: no training images
+    os.symlink(two_categories / CATEGORIES[1], root / CATEGORIES[1])
+    config = load_config(tiny_config(tmp_path / "c.toml", root, tmp_path / "out", seeds=(0,)))
+    broken, fine = run_pipeline(config, progress=False)
+    assert broken.error and "train/good" in broken.error and broken.metrics is None
+    assert fine.error is None and fine.metrics is not None
+
+
+def test_killed_after_the_first_category_a_rerun_does_only_what_is_missing(
+        tiny_config, two_categories, tmp_path):
+    out = tmp_path / "out"
+    config = tiny_config(tmp_path / "c.toml", two_categories, out)
+    command = [str(BIN / "nsa-pipeline"), "run", str(config), "--no-progress"]
+    first_done = {f"{CATEGORIES[0]}/seed{seed}" for seed in (0, 1)}
+    runner = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and runner.poll() is None:
+            evaluated = {e["job"] for e in _log(out) if e["stage"] == "evaluate"}
+            if first_done <= evaluated:
+                break
+            time.sleep(0.1)
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+    finally:
+        try:
+            os.killpg(runner.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = _log(out)
+    assert {e["job"] for e in before if e["stage"] == "evaluate"} == first_done, \
+        "the kill did not land between the categories"
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    after = _log(out)[len(before):]
+    assert all(not e["ran"] for e in after if e["job"] in first_done)
+    for job in (f"{CATEGORIES[1]}/seed{seed}" for seed in (0, 1)):
+        for stage in ("generate", "train", "evaluate"):
+            ran = [e for e in before + after if e["job"] == job and e["stage"] == stage
+                   and e["ran"]]
+            assert len(ran) == 1, (job, stage, ran)
+    assert "| bottle | 2 |" in rerun.stdout and "| zipper | 2 |" in rerun.stdout
