@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,7 +36,8 @@ def test_a_second_run_skips_every_finished_stage(tiny_config, two_categories, lo
     assert second[0].metrics == first[0].metrics
 
 
-def test_changing_the_protocol_reruns_only_evaluation(tiny_config, two_categories, local_ray, tmp_path):
+def test_changing_the_protocol_reruns_only_evaluation(tiny_config, two_categories, local_ray,
+                                                       tmp_path):
     out = tmp_path / "out"
     run_pipeline(load_config(tiny_config(tmp_path / "a.toml", two_categories, out, seeds=(0,))),
                  progress=False)
@@ -74,10 +76,8 @@ def test_killed_after_the_first_category_a_rerun_does_only_what_is_missing(
         os.killpg(runner.pid, signal.SIGKILL)
         runner.wait()
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(runner.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     before = _log(out)
     assert {e["job"] for e in before if e["stage"] == "evaluate"} == first_done, \
         "the kill did not land between the categories"
