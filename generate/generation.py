@@ -192,7 +192,7 @@ def generate_store(
     with ray_session(address, workers if address is None else None):
         store = _open_or_create(out, wanted, resume)
         if not store.complete:
-            _run_chunks(store, sources, settings, seed, workers, progress)
+            run_chunks(store, sources, settings, seed, workers, progress)
             _finish(store)
     return out
 
@@ -218,9 +218,14 @@ def _open_or_create(out: Path, wanted: dict[str, Any], resume: bool) -> shards.S
     return shards.open_store(out, allow_incomplete=True, mode="r+")
 
 
-def _run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any], seed: int,
-                workers: int | None, progress: bool) -> None:
-    """Write every chunk without a checksum, at most ``workers`` tasks at a time."""
+def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any], seed: int,
+               workers: int | None = None, progress: bool = True) -> None:
+    """Write every chunk of ``store`` that has no checksum yet, as Ray tasks, at most
+    ``workers`` at a time (default: every CPU of the Ray cluster); Ray must be running.
+
+    The generation phase of :func:`generate_store`, public so that benchmarks can time it
+    without Ray's start-up and the image loading.
+    """
     import ray
 
     pending = deque(int(i) for i in np.flatnonzero(~store.written_chunks()))
@@ -230,8 +235,8 @@ def _run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any
     done = store.n - sum(store.chunk_slice(i).stop - store.chunk_slice(i).start
                          for i in pending)
     bar = progress_bar("examples")
-    if progress:
-        bar.start()
+    bar.disable = not progress
+    bar.start()
     bar_task = bar.add_task("generating", total=store.n, completed=done)
     in_flight: list[Any] = []
     try:

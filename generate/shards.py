@@ -311,8 +311,8 @@ def verify_store(path: str | Path, *, progress: bool = False) -> int:
     store = open_store(path, allow_incomplete=True)
     bad: list[str] = []
     bar = progress_bar("chunks")
-    if progress:
-        bar.start()
+    bar.disable = not progress
+    bar.start()
     task = bar.add_task("verifying", total=store.n_chunks)
     try:
         for index in range(store.n_chunks):

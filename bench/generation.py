@@ -1,0 +1,158 @@
+"""Benchmark ``nsa-gen`` on ELPV at 256 px: rates, scaling, disk size, peak memory.
+
+Measured in one run, so the ratios compare like with like on the same (possibly busy)
+machine:
+
+1. the engine alone: ``make_example`` in a loop in this process (examples/s);
+2. the generation phase of ``nsa-gen`` (``run_chunks``: Ray tasks making, compressing and
+   writing whole chunks) with 1 and with 2 workers, in a warm Ray session, so Ray's
+   start, worker start-up and image loading are not counted;
+3. bytes per example on disk with the store's compressor;
+4. peak memory of the real command ``nsa-gen elpv --type mono --n N`` (driver plus every
+   process it starts, i.e. its session: Ray's services and workers), at two values of N,
+   as summed RSS and summed PSS (PSS shares each shared page, such as the object store
+   holding the source images, among the processes that map it).
+
+Run: ``.venv/bin/python bench/generation.py`` (about 2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nsa.generate import shards
+from nsa.generate.generation import run_chunks
+from nsa.generate.images import load_images
+from nsa.generate.presets import resolve_settings
+from nsa.generate.sources import elpv_source
+from nsa.generate.synthesis import make_example, prepare_sources
+
+from nsa.ray_session import ray_session
+
+
+def engine_rate(cell_type: str, size: int, n: int) -> float:
+    """Examples/s of ``make_example`` in one process (the single-process engine)."""
+    settings = resolve_settings("elpv", {"size": size})
+    sources = prepare_sources(load_images(elpv_source(cell_type).files, size), settings)
+    make_example(sources, settings, 0, 0)
+    start = time.perf_counter()
+    for index in range(n):
+        make_example(sources, settings, 0, index)
+    return n / (time.perf_counter() - start)
+
+
+def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path) -> float:
+    """Examples/s of the generation phase (``run_chunks``) with ``workers`` tasks at once.
+
+    Ray is started, the workers warmed up (first tasks import the engine) and the images
+    loaded before the clock starts: this is the rate a long run settles at.
+    """
+    settings = resolve_settings("elpv", {"size": size})
+    source = elpv_source(cell_type)
+    sources = prepare_sources(load_images(source.files, size), settings)
+    height, width, channels = sources.shape
+
+    def store(name: str, count: int) -> shards.Store:
+        shards.create_store(work / name, n=count, height=height, width=width,
+                            channels=channels, chunk_size=shards.DEFAULT_CHUNK_SIZE, attrs={})
+        return shards.open_store(work / name, allow_incomplete=True, mode="r+")
+
+    with ray_session(None, workers):
+        warm = store(f"warm{workers}.zarr", 2 * workers * shards.DEFAULT_CHUNK_SIZE)
+        run_chunks(warm, sources, settings, 0, workers, progress=False)
+        timed = store(f"w{workers}.zarr", n)
+        start = time.perf_counter()
+        run_chunks(timed, sources, settings, 0, workers, progress=False)
+        return n / (time.perf_counter() - start)
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid:  # fields after "(comm)": state ppid pgrp session ...
+            members.append(int(entry))
+    return members
+
+
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in kB, (0, 0) if it is gone."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0, 0
+    values = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:] if ":" in line}
+    return values.get("Rss", 0), values.get("Pss", 0)
+
+
+def peak_memory(cell_type: str, n: int, work: Path) -> tuple[float, float, float]:
+    """Run ``nsa-gen elpv --type T --n N`` and sample its session's memory every 0.2 s.
+
+    Returns (peak summed RSS, peak summed PSS, wall seconds), memory in MB.
+    """
+    command = [str(Path(sys.executable).parent / "nsa-gen"), "elpv", "--type", cell_type,
+               "--n", str(n), "--out", str(work / f"mem{n}.zarr"), "--quiet"]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
+    peak_rss = peak_pss = 0
+    while process.poll() is None:
+        rss = pss = 0
+        for pid in _session_members(process.pid):
+            r, p = _memory_kb(pid)
+            rss, pss = rss + r, pss + p
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.2)
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
+    return peak_rss / 1e3, peak_pss / 1e3, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--type", default="mono", dest="cell_type")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--n", type=int, default=1024, help="examples per timed run")
+    parser.add_argument("--engine-n", type=int, default=256)
+    parser.add_argument("--memory-n", type=int, nargs=2, default=(250, 2000))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="nsa-bench-gen-"))
+    try:
+        engine = engine_rate(args.cell_type, args.size, args.engine_n)
+        one = generation_rate(args.cell_type, args.size, args.n, 1, work)
+        two = generation_rate(args.cell_type, args.size, args.n, 2, work)
+        store = work / "w2.zarr"
+        on_disk = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+        memory = [peak_memory(args.cell_type, n, work) for n in args.memory_n]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"ELPV {args.cell_type} at {args.size} px, n={args.n}, CPUs: {os.cpu_count()}")
+    print(f"engine, 1 process, make_example loop: {engine:8.1f} examples/s")
+    print(f"nsa-gen generation, 1 worker:          {one:8.1f} examples/s "
+          f"({one / engine:.0%} of the engine)")
+    print(f"nsa-gen generation, 2 workers:         {two:8.1f} examples/s")
+    print(f"scaling 1 -> 2 workers:                {two / one:8.2f}x")
+    print(f"2 workers vs 2x the engine:            {two / (2 * engine):8.0%}")
+    print(f"on disk ({shards.COMPRESSOR.cname.value}, clevel {shards.COMPRESSOR.clevel}, "
+          f"{shards.COMPRESSOR.shuffle.value}): {on_disk / args.n / 1e3:.1f} kB per example")
+    for n, (rss, pss, wall) in zip(args.memory_n, memory, strict=True):
+        print(f"peak memory, nsa-gen elpv --n {n:<6}: RSS sum {rss:7.0f} MB, "
+              f"PSS sum {pss:7.0f} MB ({wall:.0f} s wall)")
+
+
+if __name__ == "__main__":
+    main()
