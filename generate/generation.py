@@ -189,11 +189,11 @@ def generate_store(
         "source": source.attrs(),
     }
 
-    with ray_session(address, workers if address is None else None):
-        store = _open_or_create(out, wanted, resume)
-        if not store.complete:
+    store = _open_or_create(out, wanted, resume)
+    if not store.complete:
+        with ray_session(address, workers if address is None else None):
             run_chunks(store, sources, settings, seed, workers, progress)
-            _finish(store)
+        _finish(store)
     return out
 
 
@@ -204,8 +204,8 @@ def _open_or_create(out: Path, wanted: dict[str, Any], resume: bool) -> shards.S
         if mismatch:
             raise UserError(f"{out}: cannot resume, the store was made with another {mismatch}")
         return store
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if out.is_dir():  # --overwrite, checked to be a store or empty by _check_out
+        shutil.rmtree(out)
     attrs = {
         **{k: wanted[k] for k in ("preset", "settings", "seed", "source")},
         "reasons": list(SKIP_REASONS),
@@ -238,22 +238,25 @@ def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
     bar.disable = not progress
     bar.start()
     bar_task = bar.add_task("generating", total=store.n, completed=done)
-    in_flight: list[Any] = []
+    in_flight: dict[Any, int] = {}  # task -> chunk index
     try:
         while pending or in_flight:
             while pending and len(in_flight) < in_flight_cap:
                 index = pending.popleft()
-                in_flight.append(task.remote(store.path, sources_ref, settings, seed, index))
-            ready, in_flight = ray.wait(in_flight, num_returns=1)
-            bar.advance(bar_task, _result(ready[0]))
+                ref = task.remote(store.path, sources_ref, settings, seed, index)
+                in_flight[ref] = index
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            index = in_flight.pop(ready[0])
+            bar.advance(bar_task, _result(ready[0], store.path, index))
     finally:
         for ref in in_flight:
             ray.cancel(ref, force=True)
         bar.stop()
 
 
-def _result(ref: Any) -> int:
-    """The task's result; a UserError raised inside a task comes out as itself."""
+def _result(ref: Any, path: Path, index: int) -> int:
+    """The task's result. A UserError raised in a task comes out as itself; a lost
+    worker or node becomes a one-line UserError (a bug in the task keeps its traceback)."""
     import ray
 
     try:
@@ -262,6 +265,12 @@ def _result(ref: Any) -> int:
         if isinstance(exc.cause, UserError):
             raise exc.cause from None
         raise
+    except ray.exceptions.RayError as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(
+            f"{path}: chunk {index} failed ({exc.__class__.__name__}: {first_line}); "
+            "finished chunks are kept, rerun with --resume"
+        ) from None
 
 
 def _finish(store: shards.Store) -> None:
