@@ -203,12 +203,15 @@ class Store:
         """Write chunk ``index`` of every array, then its checksum (the 'done' marker).
 
         Only the task that owns chunk ``index`` may call this: zarr does not survive two
-        writers on one chunk.
+        writers on one chunk. Chunks are written even when they hold only the fill value:
+        zarr's test for that took 10 of the 13 ms of writing a 4 MB mask chunk (measured),
+        and every written chunk then has its file.
         """
         sl = self.chunk_slice(index)
-        for name in EXAMPLE_ARRAYS:
-            self.group[name][sl] = getattr(data, name)
-        self.group["checksums"][index] = data.checksum()
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            for name in EXAMPLE_ARRAYS:
+                self.group[name][sl] = getattr(data, name)
+            self.group["checksums"][index] = data.checksum()
 
     def summary(self) -> dict[str, Any]:
         """What ``nsa-gen info`` prints: shape, provenance, progress and label counts."""
