@@ -13,9 +13,8 @@ from typing import Annotated, Any
 
 import typer
 from nsa.generate import shards
-from nsa.generate.generation import generate_store
+from nsa.generate.generation import generate_store, source_settings
 from nsa.generate.images import load_images
-from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import (
     Source,
     chestxray_source,
@@ -155,16 +154,10 @@ def _preview(source: Source, n: int, out: Path, preset: str | None, seed: int,
     from nsa.generate.preview import write_preview
     from nsa.generate.synthesis import prepare_sources
 
-    name = preset or source.default_preset
-    if name is None:
-        raise UserError(f"{source.kind} source: choose a --preset")
-    overrides = parse_overrides(settings)
-    if size is not None:
-        overrides["size"] = size
-    resolved = resolve_settings(name, overrides)
+    resolved = source_settings(source, preset, parse_overrides(settings), size)
     images = load_images(source.files, resolved["size"])
     path = write_preview(prepare_sources(images, resolved), resolved, seed, n, out)
-    print(f"wrote {path} ({n} examples, preset {name}, seed {seed})")
+    print(f"wrote {path} ({n} examples, preset {resolved['preset']}, seed {seed})")
 
 
 @preview_app.command("mvtec")

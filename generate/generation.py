@@ -141,6 +141,22 @@ def _resume_mismatch(attrs: dict[str, Any], wanted: dict[str, Any]) -> str | Non
     return None
 
 
+def source_settings(source: Source, preset: str | None = None,
+                    overrides: dict[str, Any] | None = None,
+                    size: int | None = None) -> dict[str, Any]:
+    """Resolved settings for ``source``: its default preset unless ``preset`` is given,
+    with ``overrides`` and ``size`` (the ``--size`` option) applied."""
+    preset = preset or source.default_preset
+    if preset is None:
+        raise UserError(f"{source.kind} source: choose a --preset ({', '.join(preset_names())})")
+    overrides = dict(overrides or {})
+    if size is not None:
+        if size < 1:
+            raise UserError(f"--size must be a positive number of pixels, not {size}")
+        overrides["size"] = size
+    return resolve_settings(preset, overrides)
+
+
 def generate_store(
     source: Source,
     out: Path | str,
@@ -169,15 +185,8 @@ def generate_store(
     _check_options(n, seed, workers, chunk_size, resume, overwrite)
     if address is not None and address != "auto":
         check_reachable(address)  # fail in seconds, before reading any image
-    preset = preset or source.default_preset
-    if preset is None:
-        raise UserError(f"{source.kind} source: choose a --preset ({', '.join(preset_names())})")
-    overrides = dict(overrides or {})
-    if size is not None:
-        if size < 1:
-            raise UserError(f"--size must be a positive number of pixels, not {size}")
-        overrides["size"] = size
-    settings = resolve_settings(preset, overrides)
+    settings = source_settings(source, preset, overrides, size)
+    preset = settings["preset"]
     _check_out(out, resume, overwrite)
 
     images = load_images(source.files, settings["size"], progress=progress)
