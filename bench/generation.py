@@ -13,7 +13,7 @@ machine:
    as summed RSS and summed PSS (PSS shares each shared page, such as the object store
    holding the source images, among the processes that map it).
 
-Run: ``.venv/bin/python bench/generation.py`` (about 2 minutes on 2 cores).
+Run: ``.venv/bin/python bench/generation.py`` (about a minute on 2 idle cores).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--n", type=int, default=1024, help="examples per timed run")
     parser.add_argument("--engine-n", type=int, default=256)
-    parser.add_argument("--memory-n", type=int, nargs=2, default=(250, 2000))
+    parser.add_argument("--memory-n", type=int, nargs=2, default=(500, 8000))
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="nsa-bench-gen-"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from nsa.generate import shards
 from nsa.generate.generation import generate_store, write_chunk
 from nsa.generate.images import load_images
 from nsa.generate.presets import resolve_settings
-from nsa.generate.sources import mvtec_source
+from nsa.generate.sources import folder_source, mvtec_source
 from nsa.generate.synthesis import SKIP_REASONS, make_example, prepare_sources
 
 from nsa.errors import UserError
@@ -109,6 +110,15 @@ def test_resume_refuses_a_store_made_with_another_seed(source, reference, tmp_pa
 def test_resume_refuses_a_store_made_with_other_settings(source, reference):
     with pytest.raises(UserError, match=r"cannot resume.*settings"):
         _generate(source, reference, resume=True, overrides={"num_patches": 1})
+
+
+def test_resume_refuses_a_store_made_from_other_images(mvtec_root, local_ray, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(mvtec_root / "bottle" / "train" / "good", images)
+    out = _generate(folder_source(images), tmp_path / "f.zarr", preset="bottle", n=CHUNK)
+    (images / "005.png").unlink()
+    with pytest.raises(UserError, match=r"cannot resume.*source images"):
+        _generate(folder_source(images), out, preset="bottle", n=CHUNK, resume=True)
 
 
 def test_existing_store_is_kept_without_resume_or_overwrite(source, reference):
