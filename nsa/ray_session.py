@@ -15,6 +15,8 @@ Every stage that uses Ray (generation tasks, Ray Train, cluster batch jobs) ente
   authentication needs its token, as Ray documents). The port is probed first with a
   plain TCP connection: ``ray.init`` itself retries an unreachable address for minutes,
   we fail in seconds with a one-line :class:`~nsa.errors.UserError`.
+- Without ``address``, the ``RAY_ADDRESS`` environment variable counts as one, as it
+  does for ``ray.init`` (a ``ray job submit`` entry point has it set).
 - When Ray is already initialised (a caller, a test fixture, or a Ray job), the session
   uses it as it is and leaves it running.
 """
@@ -36,24 +38,26 @@ CONNECT_TIMEOUT_S = 5.0
 _LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def _host_port(address: str) -> tuple[str, int]:
-    """Split "host:port" or "ray://host:port" (UserError naming ``--address`` otherwise)."""
+def _host_port(address: str, option: str) -> tuple[str, int]:
+    """Split "host:port" or "ray://host:port" (UserError naming ``option`` otherwise)."""
     bare = address.removeprefix("ray://")
     host, sep, port = bare.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise UserError(f"--address {address!r}: expected host:port, ray://host:port or auto")
+        raise UserError(f"{option} {address!r}: expected host:port, ray://host:port or auto")
     return host.strip("[]"), int(port)
 
 
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Raise UserError unless something accepts TCP connections at ``address``."""
-    host, port = _host_port(address)
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S,
+                    option: str = "--address") -> None:
+    """Raise UserError (naming ``option``) unless something accepts TCP connections at
+    ``address``."""
+    host, port = _host_port(address, option)
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
-        raise UserError(f"--address {address}: no Ray cluster reachable ({reason})") from None
+        raise UserError(f"{option} {address}: no Ray cluster reachable ({reason})") from None
 
 
 @contextmanager
@@ -81,12 +85,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
     if num_cpus is not None and num_cpus < 1:
         raise UserError(f"--workers must be at least 1, not {num_cpus}")
+    option = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None and address != "auto":
-        check_reachable(address)
+        check_reachable(address, option=option)
     if ray.is_initialized():
         yield
         return
-    temp_dir = None if address else tempfile.mkdtemp(prefix=f"nsa-ray-{os.getpid()}-", dir="/tmp")
+    temp_dir = None if address else tempfile.mkdtemp(prefix=f"nsa-ray-{os.getpid()}-",
+                                                     dir="/tmp")
     quiet = {"include_dashboard": False, "log_to_driver": False,
              "logging_level": logging.WARNING}
     env = {} if address else _LOCAL_ENV
@@ -98,8 +105,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
                 ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            where = f"--address {address}" if address else "local Ray"
-            raise UserError(f"{where}: could not start Ray ({first_line})") from None
+            if address:
+                raise UserError(f"{option} {address}: could not connect ({first_line})") \
+                    from None
+            raise UserError(f"could not start a local Ray ({first_line})") from None
         try:
             yield
         finally:

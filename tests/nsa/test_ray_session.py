@@ -47,3 +47,14 @@ def test_unreachable_address_fails_fast_with_one_line():
 def test_malformed_address_is_named():
     with pytest.raises(UserError, match="expected host:port"), ray_session("headnode"):
         pass
+
+
+@pytest.mark.timeout(60)
+def test_ray_address_environment_variable_counts_as_the_address(monkeypatch):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(UserError, match=f"RAY_ADDRESS 127.0.0.1:{port}: no Ray cluster"), \
+            ray_session(None, 1):
+        pass
