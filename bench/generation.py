@@ -11,7 +11,9 @@ machine:
 4. peak memory of the real command ``nsa-gen elpv --type mono --n N`` (driver plus every
    process it starts, i.e. its session: Ray's services and workers), at two values of N,
    as summed RSS and summed PSS (PSS shares each shared page, such as the object store
-   holding the source images, among the processes that map it).
+   holding the source images, among the processes that map it). A worker's RSS grows
+   until it has touched every source image in the object store (zero-copy reads), then
+   stays flat: the first value of N should be large enough for that (1000 is, for ELPV).
 
 Run: ``.venv/bin/python bench/generation.py`` (about a minute on 2 idle cores).
 """
@@ -126,9 +128,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--n", type=int, default=1024, help="examples per timed run")
     parser.add_argument("--engine-n", type=int, default=256)
-    parser.add_argument("--memory-n", type=int, nargs=2, default=(500, 8000))
+    parser.add_argument("--memory-n", type=int, nargs=2, default=(1000, 8000))
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="nsa-bench-gen-"))
     try:
         engine = engine_rate(args.cell_type, args.size, args.engine_n)
@@ -140,7 +143,9 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"ELPV {args.cell_type} at {args.size} px, n={args.n}, CPUs: {os.cpu_count()}")
+    print(f"ELPV {args.cell_type} at {args.size} px, n={args.n}, CPUs: {os.cpu_count()}, "
+          f"load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} "
+          "(other processes' load distorts the 2-worker figures)")
     print(f"engine, 1 process, make_example loop: {engine:8.1f} examples/s")
     print(f"nsa-gen generation, 1 worker:          {one:8.1f} examples/s "
           f"({one / engine:.0%} of the engine)")
