@@ -241,6 +241,7 @@ def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
     in_flight_cap = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     task = ray.remote(num_cpus=1, max_retries=0)(_write_chunk_task)
     sources_ref = ray.put(sources)
+    path = store.path.absolute()  # workers need not share the driver's working directory
     done = store.n - sum(store.chunk_slice(i).stop - store.chunk_slice(i).start
                          for i in pending)
     bar = progress_bar("examples")
@@ -252,7 +253,7 @@ def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
         while pending or in_flight:
             while pending and len(in_flight) < in_flight_cap:
                 index = pending.popleft()
-                ref = task.remote(store.path, sources_ref, settings, seed, index)
+                ref = task.remote(path, sources_ref, settings, seed, index)
                 in_flight[ref] = index
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             index = in_flight.pop(ready[0])

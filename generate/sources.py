@@ -47,12 +47,13 @@ class Source:
     default_preset: str | None
 
     def attrs(self) -> dict[str, Any]:
-        """The store attribute ``source``: kind, description and every file with its
-        SHA-256, in order (stored ``dest_index``/``source_index`` index this list)."""
+        """The store attribute ``source``: kind, description and every file (absolute
+        path) with its SHA-256, in order (stored ``dest_index``/``source_index`` index
+        this list)."""
         return {
             "kind": self.kind,
             "description": self.description,
-            "files": [{"path": str(f), "sha256": file_sha256(f)} for f in self.files],
+            "files": [{"path": str(f.absolute()), "sha256": file_sha256(f)} for f in self.files],
         }
 
 
