@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 from nsa.generate import shards
 from nsa.generate.generation import run_chunks
 from nsa.generate.images import load_images
@@ -40,7 +41,8 @@ from nsa.ray_session import ray_session
 
 
 def engine_rate(cell_type: str, size: int, n: int) -> float:
-    """Examples/s of ``make_example`` in one process (the single-process engine)."""
+    """Examples/s of ``make_example`` in one process on one thread, as in a task."""
+    cv2.setNumThreads(1)
     settings = resolve_settings("elpv", {"size": size})
     sources = prepare_sources(load_images(elpv_source(cell_type).files, size), settings)
     make_example(sources, settings, 0, 0)
