@@ -74,4 +74,5 @@ def demo(
         job = result.config.jobs()[0].directory
         print(f"\nwall time: {result.seconds / 60:.1f} min")
         print(f"anomaly maps: {job / 'eval' / 'maps'}   curves: {job / 'eval' / 'curves.png'}")
-        print(f"synthetic examples: {job / 'run'}   tables: {job / 'eval' / 'metrics.md'}")
+        print(f"synthetic anomalies: {result.preview}   training: {job / 'run'}")
+        print(f"tables: {job / 'eval' / 'metrics.md'}")
