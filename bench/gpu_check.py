@@ -24,6 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+# bench/generation.py, beside this script: times nsa-gen's generation phase (Ray tasks
+# making, compressing and writing chunks) without Ray's start-up and the image loading.
+from generation import generation_rate
 from nsa.generate.generation import generate_store
 from nsa.generate.images import load_images
 from nsa.generate.presets import resolve_settings
@@ -75,13 +79,6 @@ def timed_steps(run: Run, batches, steps: int, warmup: int) -> float:
     return steps * run.config.batch_size / (time.perf_counter() - start)
 
 
-def generation_rate(n: int, size: int, workers: int, out: Path) -> float:
-    start = time.perf_counter()
-    generate_store(elpv_source("mono"), out, n=n, size=size, workers=workers, overwrite=True,
-                   progress=False)
-    return n / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="examples in the store")
@@ -102,14 +99,14 @@ def main() -> None:
 
     rows: list[tuple[str, str]] = []
     for workers in map(int, args.gen_workers.split(",")):
-        rate = generation_rate(args.gen_n, args.size, workers, work / f"gen{workers}.zarr")
+        rate = generation_rate("mono", args.size, args.gen_n, workers, work)
         rows.append((f"nsa-gen, {workers} workers ({args.gen_n} ex.)", f"{rate:,.0f} ex/s"))
         print(rows[-1], flush=True)
     store = work / "store.zarr"
     start = time.perf_counter()
     generate_store(elpv_source("mono"), store, n=args.n, size=args.size, overwrite=True,
                    progress=False)
-    rows.append((f"nsa-gen, all CPUs ({args.n} ex.)",
+    rows.append((f"nsa-gen command, all CPUs, start-up included ({args.n} ex.)",
                  f"{args.n / (time.perf_counter() - start):,.0f} ex/s"))
     print(rows[-1], flush=True)
 
