@@ -1,7 +1,7 @@
 """Benchmark ``nsa-gen`` on ELPV at 256 px: rates, scaling, disk size, peak memory.
 
 Measured in one run, so the ratios compare like with like on the same (possibly busy)
-machine:
+machine; every rate is the best of 3 runs:
 
 1. the engine alone: ``make_example`` in a loop in this process (examples/s);
 2. the generation phase of ``nsa-gen`` (``run_chunks``: Ray tasks making, compressing and
@@ -15,7 +15,7 @@ machine:
    until it has touched every source image in the object store (zero-copy reads), then
    stays flat: the first value of N should be large enough for that (1000 is, for ELPV).
 
-Run: ``.venv/bin/python bench/generation.py`` (about a minute on 2 idle cores).
+Run: ``.venv/bin/python bench/generation.py`` (about 90 s on 2 idle cores).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ from nsa.generate.synthesis import make_example, prepare_sources
 
 from nsa.ray_session import ray_session
 
+#: Each rate is the best of this many runs: on a shared machine other processes' bursts
+#: only ever slow a run down, so the fastest run is the closest to the unloaded rate.
+REPEATS = 3
+
 
 def engine_rate(cell_type: str, size: int, n: int) -> float:
     """Examples/s of ``make_example`` in one process on one thread, as in a task."""
@@ -46,10 +50,13 @@ def engine_rate(cell_type: str, size: int, n: int) -> float:
     settings = resolve_settings("elpv", {"size": size})
     sources = prepare_sources(load_images(elpv_source(cell_type).files, size), settings)
     make_example(sources, settings, 0, 0)
-    start = time.perf_counter()
-    for index in range(n):
-        make_example(sources, settings, 0, index)
-    return n / (time.perf_counter() - start)
+    rates = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        for index in range(n):
+            make_example(sources, settings, 0, index)
+        rates.append(n / (time.perf_counter() - start))
+    return max(rates)
 
 
 def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path) -> float:
@@ -71,10 +78,13 @@ def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path)
     with ray_session(None, workers):
         warm = store(f"warm{workers}.zarr", 2 * workers * shards.DEFAULT_CHUNK_SIZE)
         run_chunks(warm, sources, settings, 0, workers, progress=False)
-        timed = store(f"w{workers}.zarr", n)
-        start = time.perf_counter()
-        run_chunks(timed, sources, settings, 0, workers, progress=False)
-        return n / (time.perf_counter() - start)
+        rates = []
+        for repeat in range(REPEATS):
+            timed = store(f"w{workers}-{repeat}.zarr", n)
+            start = time.perf_counter()
+            run_chunks(timed, sources, settings, 0, workers, progress=False)
+            rates.append(n / (time.perf_counter() - start))
+    return max(rates)
 
 
 def _session_members(sid: int) -> list[int]:
@@ -139,7 +149,7 @@ def main() -> None:
         engine = engine_rate(args.cell_type, args.size, args.engine_n)
         one = generation_rate(args.cell_type, args.size, args.n, 1, work)
         two = generation_rate(args.cell_type, args.size, args.n, 2, work)
-        store = work / "w2.zarr"
+        store = work / "w2-0.zarr"
         on_disk = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         memory = [peak_memory(args.cell_type, n, work) for n in args.memory_n]
     finally:
