@@ -287,7 +287,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         "complete": "yes" if summary["complete"] else
         f"no ({summary['chunks_written']} of {summary['chunks']} chunks written)",
         "examples": f"{summary['n']} of {'x'.join(map(str, summary['shape']))} uint8, "
-                    f"{summary['chunks']} chunks of {summary['chunk_size']}",
+                    f"{summary['chunks']} chunk{'s' * (summary['chunks'] != 1)} of "
+                    f"{summary['chunk_size']}",
         "preset": summary["preset"],
         "seed": summary["seed"],
         "source": summary["source"],
