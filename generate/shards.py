@@ -217,8 +217,8 @@ class Store:
         """What ``nsa-gen info`` prints: shape, provenance, progress and label counts."""
         written = self.written_chunks()
         reasons = self.attrs.get("reasons", [])
-        counts = np.bincount(self.group["reason"][:], minlength=len(reasons))
         done = np.repeat(written, self.chunk_size)[: self.n]
+        counts = np.bincount(self.group["reason"][:][done], minlength=len(reasons))
         labels = self.group["labels"][:][done]
         source = self.attrs.get("source", {})
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
@@ -237,7 +237,7 @@ class Store:
             "anomalous": int(labels.sum()),
             "examples_written": int(done.sum()),
             "skipped": {name: int(counts[i]) for i, name in enumerate(reasons)
-                        if i and counts[i]} if done.all() else {},
+                        if i and counts[i]},
             "bytes": size,
             "created": self.attrs.get("created"),
             "versions": self.attrs.get("versions", {}),
