@@ -48,12 +48,13 @@ FORMAT = "nsa-shards"
 FORMAT_VERSION = 1
 MAX_PATCHES = 4
 DEFAULT_CHUNK_SIZE = 64
-# Blosc zstd level 1 with bit shuffle. Measured on 64 ELPV examples at 256 px (uint8 grey):
-# compressing the images took 0.14 ms per example against 0.59 ms for zstd level 3 with
-# byte shuffle (which does nothing for 1-byte items), for 37.1 against 36.1 kB; reading
-# back ran at ~0.8 GB/s. The synthesis makes an ELPV example in ~1.5 ms, so level 3 spent
-# a third of a worker's time compressing.
-COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.bitshuffle)
+# Blosc lz4 level 5 with bit shuffle. Synthesis makes an ELPV example in ~1.4 ms, so every
+# 0.1 ms spent storing it costs 7% of a worker. Measured on 64 ELPV examples at 256 px
+# (bench/generation.py, and per codec): zstd-3 with byte shuffle (a no-op for uint8)
+# compressed at 0.58 ms per example; zstd-1 with bit shuffle at 0.14 ms (39.3 kB per
+# example on disk, 2 workers at 63% of twice the engine rate); lz4-5 with bit shuffle at
+# 0.05 ms (48.8 kB, 71%), and it reads back twice as fast (3.7 against 7.6 ms per chunk).
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
 
 #: Arrays that hold one row per example, in the order their bytes enter a chunk checksum.
 EXAMPLE_ARRAYS = ("images", "masks", "labels", "dest_index", "source_index", "boxes", "reason")
