@@ -21,8 +21,8 @@ from nsa.evaluate.testsets import (
     mvtec_testset,
 )
 
-import nsa
 from nsa.errors import cli_errors
+from nsa.version_option import show_version
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -40,16 +40,11 @@ MAX_PICTURES = typer.Option(20, help="Overlay pictures per test set in maps/ (0:
 PROGRESS = typer.Option(True, help="Show a progress bar.")
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(nsa.__version__)
-        raise typer.Exit()
-
 
 @app.callback()
 def main(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
+        False, "--version", callback=show_version, is_eager=True, help="Print the version."
     ),
 ) -> None:
     """Evaluate NSA models: image/pixel AUROC and AP, AU-PRO, tables and pictures."""

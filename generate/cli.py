@@ -23,8 +23,8 @@ from nsa.generate.sources import (
     mvtec_source,
 )
 
-import nsa
 from nsa.errors import UserError, cli_errors
+from nsa.version_option import show_version
 
 app = typer.Typer(
     help="Generate NSA synthetic-anomaly examples into a Zarr shard store (Ray-parallel).",
@@ -61,16 +61,12 @@ PreviewN = Annotated[int, typer.Option("--n", help="Number of example rows.")]
 PreviewOut = Annotated[Path, typer.Option("--out", help="PNG file to write.")]
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(nsa.__version__)
-        raise typer.Exit()
-
 
 @app.callback()
 def main(
     version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+        "--version", callback=show_version, is_eager=True,
+        help="Print the version and exit.")] = False,
 ) -> None:
     """Generate NSA synthetic-anomaly examples into a Zarr shard store (Ray-parallel)."""
 

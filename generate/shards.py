@@ -32,6 +32,8 @@ it is set last. Readers refuse incomplete stores unless asked explicitly.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +110,19 @@ def create_store(
     chunk_size: int,
     attrs: dict[str, Any],
 ) -> zarr.Group:
-    """Create an empty store with ``complete: False``; ``attrs`` adds the provenance."""
+    """Create an empty store with ``complete: False``; ``attrs`` adds the provenance.
+
+    The store is built in a hidden sibling folder and renamed to ``path`` when its
+    metadata is whole, so a kill at any moment leaves either nothing at ``path`` or a
+    store that ``--resume`` can finish. ``path`` must not exist.
+    """
+    path = Path(path)
     if channels not in (1, 3):
         raise StoreError(f"{path}: channels must be 1 or 3, not {channels}")
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    building = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    group = zarr.open_group(str(building), mode="w", zarr_format=3)
     cs = chunk_size
 
     def array(name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...], fill=0):
@@ -141,7 +152,8 @@ def create_store(
             "complete": False,
         }
     )
-    return group
+    os.rename(building, path)
+    return zarr.open_group(str(path), mode="r+", zarr_format=3)
 
 
 class Store:

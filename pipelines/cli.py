@@ -10,8 +10,8 @@ from nsa.pipelines.demo import demo_table, run_demo
 from nsa.pipelines.runner import run_pipeline
 from nsa.pipelines.summary import summarise, write_summary
 
-import nsa
 from nsa.errors import cli_errors
+from nsa.version_option import show_version
 
 app = typer.Typer(
     help="Run NSA end to end (generate -> train -> evaluate) for many categories and seeds.",
@@ -20,15 +20,10 @@ app = typer.Typer(
 )
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"nsa-pipeline {nsa.__version__}")
-        raise typer.Exit()
-
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
     """Pipelines over the three stages; see `nsa-pipeline COMMAND --help`."""

@@ -7,16 +7,11 @@ from pathlib import Path
 import typer
 from nsa.train.trainer import TrainConfig, train
 
-import nsa
 from nsa.errors import cli_errors
+from nsa.version_option import show_version
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
-
-def _version(value: bool) -> None:
-    if value:
-        print(nsa.__version__)
-        raise typer.Exit()
 
 
 @app.command()
@@ -47,7 +42,7 @@ def main(
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
+        False, "--version", callback=show_version, is_eager=True, help="Print the version."
     ),
 ) -> None:
     """Train the NSA model on pre-computed shard stores (nsa-gen); writes a run directory

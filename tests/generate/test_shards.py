@@ -87,3 +87,20 @@ def test_summary_counts_written_examples_and_anomalies(tmp_path):
     assert (summary["examples_written"], summary["anomalous"]) == (CHUNK, CHUNK)
     assert (summary["chunks_written"], summary["chunks"]) == (1, 3)
     assert "no (1 of 3 chunks written)" in shards.format_summary(summary)
+
+
+def test_create_store_leaves_no_building_folder_and_refuses_an_existing_path(tmp_path):
+    path = tmp_path / "s.zarr"
+    shards.create_store(path, n=4, height=8, width=8, channels=1, chunk_size=2, attrs={})
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+    assert not shards.open_store(path, allow_incomplete=True).complete
+    with pytest.raises(OSError):
+        shards.create_store(path, n=4, height=8, width=8, channels=1, chunk_size=2, attrs={})
+
+
+def test_create_store_clears_what_a_killed_creation_left(tmp_path):
+    stale = tmp_path / ".s.zarr.creating-999999"
+    (stale / "images").mkdir(parents=True)
+    shards.create_store(tmp_path / "s.zarr", n=4, height=8, width=8, channels=1,
+                        chunk_size=2, attrs={})
+    assert not stale.exists()

@@ -83,7 +83,7 @@ def test_killed_after_the_first_category_a_rerun_does_only_what_is_missing(
         "the kill did not land between the categories"
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     after = _log(out)[len(before):]
     assert all(not e["ran"] for e in after if e["job"] in first_done)
     for job in (f"{CATEGORIES[1]}/seed{seed}" for seed in (0, 1)):
