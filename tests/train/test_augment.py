@@ -61,3 +61,17 @@ def test_crop_is_a_plain_pixel_window_without_rotation():
 def test_crop_larger_than_the_image_is_refused():
     with pytest.raises(UserError, match="center_crop 230"):
         AugmentSpec.from_settings({"augment": OBJECT}, 128, 128)
+
+
+def test_cpu_rotate_and_crop_matches_torchvision_rotation_then_crop():
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    stacked = torch.zeros(1, 4, 64, 64, dtype=torch.uint8)
+    stacked[:, :, 20:44, 10:30] = 200
+    params = np.array([[4.0, 6, 10, 0, 0]])
+    ours = apply_augment(stacked, params, (48, 48))[0].float()
+    rotated = TF.rotate(stacked[0], 4.0, interpolation=InterpolationMode.BILINEAR)
+    reference = rotated[:, 6:54, 10:58].float()
+    assert (ours - reference).abs().mean() < 0.2
+    assert (ours - reference).abs().max() <= 4
