@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from nsa.train.checkpoint import load_model
 
 from nsa.errors import UserError
 
@@ -120,3 +121,22 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available on this machine")
     return resolved
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A trained run ready for inference: the model on its device, how it sees images."""
+
+    net: torch.nn.Module
+    config: dict[str, Any]
+    geometry: Geometry
+    channels: int
+    device: torch.device
+
+
+def load_run(model: Any, device: str) -> LoadedRun:
+    """Load the run directory ``model`` onto ``device`` (auto, cpu or cuda) for inference."""
+    torch_device = resolve_device(device)
+    net, config = load_model(model, torch_device)
+    return LoadedRun(net, config, Geometry.from_config(config), int(config["channels"]),
+                     torch_device)

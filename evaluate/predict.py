@@ -16,15 +16,13 @@ from pathlib import Path
 
 import numpy as np
 from nsa.evaluate.inference import (
-    Geometry,
     anomaly_maps,
     image_score,
-    resolve_device,
+    load_run,
 )
 from nsa.evaluate.pictures import overlay_panel, write_picture
 from nsa.evaluate.testsets import image_files
 from nsa.generate.images import read_image, resize_square
-from nsa.train.checkpoint import load_model
 
 from nsa.errors import UserError
 from nsa.progress import progress_bar
@@ -51,10 +49,8 @@ def predict(
         raise UserError(f"{images}: several images share the name {duplicates[0]!r}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    torch_device = resolve_device(device)
-    net, config = load_model(model, torch_device)
-    geometry = Geometry.from_config(config)
-    channels = int(config["channels"])
+    run = load_run(model, device)
+    net, geometry, channels, torch_device = run.net, run.geometry, run.channels, run.device
     out = Path(out)
     (out / "maps").mkdir(parents=True, exist_ok=True)
 

@@ -22,9 +22,9 @@ from nsa.evaluate.inference import (
     anomaly_maps,
     check_protocol,
     image_score,
+    load_run,
     resize_map,
     resize_mask,
-    resolve_device,
 )
 from nsa.evaluate.metrics import aupro, auroc, average_precision, pro_points, roc_points
 from nsa.evaluate.pictures import (
@@ -37,7 +37,6 @@ from nsa.evaluate.pictures import (
 from nsa.evaluate.tables import mean_row, paper_figures, write_tables
 from nsa.evaluate.testsets import TestSet, read_test_image
 from nsa.generate.images import resize_square
-from nsa.train.checkpoint import load_model
 
 from nsa.errors import UserError
 from nsa.progress import progress_bar
@@ -184,10 +183,9 @@ def evaluate(
     names = [t.name for t in testsets]
     if len(set(names)) != len(names):
         raise UserError(f"test sets must have distinct names, got {names}")
-    torch_device = resolve_device(device)
-    net, config = load_model(model, torch_device)
-    geometry = Geometry.from_config(config)
-    channels = int(config["channels"])
+    run = load_run(model, device)
+    net, config, geometry, channels, torch_device = (
+        run.net, run.config, run.geometry, run.channels, run.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
