@@ -39,7 +39,7 @@ from nsa.generate.synthesis import SKIP_REASONS, Example, SourceSet, make_exampl
 
 from nsa.errors import UserError
 from nsa.progress import progress_bar
-from nsa.ray_session import check_reachable, ray_session
+from nsa.ray_session import check_cluster, ray_session
 from nsa.versions import package_versions
 
 #: Attributes that must match for ``--resume`` to continue a store.
@@ -106,6 +106,8 @@ def _check_options(n: int, seed: int, workers: int | None, chunk_size: int, resu
 def _is_store(path: Path) -> bool:
     try:
         shards.open_store(path, allow_incomplete=True)
+    except shards.StoreDamaged:
+        return True  # an NSA store, whose parts contradict each other
     except shards.StoreError:
         return False
     return True
@@ -115,8 +117,13 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if not out.exists():
         return
     if resume:
-        if not _is_store(out):
-            raise UserError(f"{out}: --resume needs an NSA store here, and this is not one")
+        try:
+            shards.open_store(out, allow_incomplete=True)
+        except shards.StoreDamaged:
+            raise
+        except shards.StoreError as exc:
+            reason = str(exc).removeprefix(f"{out}: ")
+            raise UserError(f"{out}: --resume needs an NSA store here ({reason})") from None
         return
     if not overwrite:
         raise UserError(f"{out} already exists; pass --resume to finish it or --overwrite "
@@ -179,13 +186,22 @@ def generate_store(
     ``workers`` caps concurrent tasks (default: every CPU of the local machine or the
     cluster at ``address``). ``resume`` finishes an interrupted store made with the same
     settings, seed, n and source images (and starts one when ``out`` does not exist);
-    ``overwrite`` replaces an existing store.
+    ``overwrite`` replaces an existing store. Holds :func:`~nsa.generate.shards.writer_lock`
+    throughout, so a second writer of ``out`` fails at once with a :class:`UserError`.
     """
     out = Path(out)
     _check_options(n, seed, workers, chunk_size, resume, overwrite)
-    if address is not None and address != "auto":
-        check_reachable(address)  # fail in seconds, before reading any image
+    check_cluster(address)  # fail in seconds, before reading any image
     settings = source_settings(source, preset, overrides, size)
+    with shards.writer_lock(out):  # one nsa-gen per store, for creation and --resume
+        _generate_locked(source, out, settings, n, seed, workers, address, resume, overwrite,
+                         chunk_size, progress)
+    return out
+
+
+def _generate_locked(source: Source, out: Path, settings: dict[str, Any], n: int, seed: int,
+                     workers: int | None, address: str | None, resume: bool,
+                     overwrite: bool, chunk_size: int, progress: bool) -> None:
     preset = settings["preset"]
     _check_out(out, resume, overwrite)
 
@@ -203,7 +219,6 @@ def generate_store(
         with ray_session(address, workers if address is None else None):
             run_chunks(store, sources, settings, seed, workers, progress)
         _finish(store)
-    return out
 
 
 def _open_or_create(out: Path, wanted: dict[str, Any], resume: bool) -> shards.Store:
