@@ -37,7 +37,7 @@ from nsa.generate.presets import preset_names, resolve_settings
 from nsa.generate.sources import Source
 from nsa.generate.synthesis import SKIP_REASONS, Example, SourceSet, make_example, prepare_sources
 
-from nsa.errors import UserError
+from nsa.errors import UserError, os_error
 from nsa.progress import progress_bar
 from nsa.ray_session import check_cluster, ray_session
 from nsa.versions import package_versions
@@ -280,7 +280,8 @@ def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
 
 
 def _result(ref: Any, path: Path, index: int) -> int:
-    """The task's result. A UserError raised in a task comes out as itself; a lost
+    """The task's result. A UserError raised in a task comes out as itself, an OSError as
+    the one-line error of :func:`~nsa.errors.os_error` naming the store; a lost
     worker or node becomes a one-line UserError (a bug in the task keeps its traceback)."""
     import ray
 
@@ -289,6 +290,8 @@ def _result(ref: Any, path: Path, index: int) -> int:
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, UserError):
             raise exc.cause from None
+        if isinstance(exc.cause, OSError):  # e.g. the store's disk failed in the worker
+            raise os_error(exc.cause, path) from None
         raise
     except ray.exceptions.RayError as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0]
