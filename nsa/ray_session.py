@@ -121,10 +121,12 @@ def _receive(sock: socket.socket, size: int) -> bytes:
 
 
 def remove_stale_temp_dirs() -> None:
-    """Remove ``/tmp/nsa-ray-<pid>-*`` folders whose process is gone (killed runs)."""
+    """Remove ``/tmp/nsa-ray-<pid>-*`` folders whose process is gone (killed runs), and
+    end the Ray processes of those sessions that are still running."""
     for folder in Path(_TEMP_ROOT).glob(f"{_TEMP_PREFIX}*-*"):
         pid = folder.name.removeprefix(_TEMP_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
+            _end_processes_naming(str(folder))
             shutil.rmtree(folder, ignore_errors=True)
 
 

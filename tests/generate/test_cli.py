@@ -408,17 +408,21 @@ def test_sigterm_cleans_up_in_one_line_and_resume_finishes(mvtec_root, tmp_path)
     assert shards.verify_store(out) == 50
 
 
-def test_a_killed_runs_ray_temp_folder_goes_when_the_next_session_starts(tmp_path):
+def test_a_killed_runs_ray_temp_folder_and_processes_go_when_the_next_session_starts():
     from nsa.ray_session import remove_stale_temp_dirs
 
     dead = subprocess.Popen(["true"])
     dead.wait()
     stale = Path(tempfile.mkdtemp(prefix=f"nsa-ray-{dead.pid}-", dir="/tmp"))
     live = Path(tempfile.mkdtemp(prefix=f"nsa-ray-{os.getpid()}-", dir="/tmp"))
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               f"--like-a-raylet-of={stale}"])
     try:
         remove_stale_temp_dirs()
         assert not stale.exists() and live.exists()
+        assert orphan.wait(timeout=10) == -signal.SIGTERM  # that session's process ended
     finally:
+        orphan.kill()
         shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(live, ignore_errors=True)
 
