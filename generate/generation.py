@@ -14,6 +14,10 @@ Why it is built this way:
   and the resulting ``SourceSet`` put into the object store once; tasks read it without
   copying. At most ``workers`` tasks are in flight, so the driver's memory and the object
   store hold only that many chunks whatever ``n`` is.
+- One ``nsa-gen`` writes a store at a time (a ``flock`` held from before creation, also by
+  ``--resume``; the kernel drops it when the holder dies, so ``kill -9`` + ``--resume``
+  works). A full disk, in the driver or in a task, is one line naming the store, and the
+  chunks written so far stay resumable.
 - Everything that can be wrong with the input is checked before the store is created, so
   bad input never leaves anything that looks like a store on disk; ``complete: true`` is
   written last, after every chunk is accounted for.

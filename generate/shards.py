@@ -27,6 +27,12 @@ resolved), ``seed``, ``n``, ``chunk_size``, ``height``, ``width``, ``channels``,
 ``source`` (kind, description, ``files`` with content hashes), ``versions``, ``reasons``,
 ``created``, and ``complete`` which is ``False`` until every chunk is written and checked;
 it is set last. Readers refuse incomplete stores unless asked explicitly.
+
+Every reader goes through :func:`open_store`, which checks the arrays against the
+attributes (:func:`check_structure`) and names the first contradiction in one line, so a
+hand-edited or truncated store fails there rather than as a KeyError later. One process
+writes a store at a time: the writer holds :func:`writer_lock` (``.<name>.lock`` beside
+the store) from before creation to the end.
 """
 
 from __future__ import annotations
