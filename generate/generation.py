@@ -14,6 +14,10 @@ Why it is built this way:
   and the resulting ``SourceSet`` put into the object store once; tasks read it without
   copying. At most ``workers`` tasks are in flight, so the driver's memory and the object
   store hold only that many chunks whatever ``n`` is.
+- One ``nsa-gen`` writes a store at a time (a ``flock`` held from before creation, also by
+  ``--resume``; the kernel drops it when the holder dies, so ``kill -9`` + ``--resume``
+  works). A full disk, in the driver or in a task, is one line naming the store, and the
+  chunks written so far stay resumable.
 - Everything that can be wrong with the input is checked before the store is created, so
   bad input never leaves anything that looks like a store on disk; ``complete: true`` is
   written last, after every chunk is accounted for.
@@ -37,9 +41,9 @@ from nsa.generate.presets import preset_names, resolve_settings
 from nsa.generate.sources import Source
 from nsa.generate.synthesis import SKIP_REASONS, Example, SourceSet, make_example, prepare_sources
 
-from nsa.errors import UserError
+from nsa.errors import UserError, os_error
 from nsa.progress import progress_bar
-from nsa.ray_session import check_reachable, ray_session
+from nsa.ray_session import check_cluster, ray_session
 from nsa.versions import package_versions
 
 #: Attributes that must match for ``--resume`` to continue a store.
@@ -106,6 +110,8 @@ def _check_options(n: int, seed: int, workers: int | None, chunk_size: int, resu
 def _is_store(path: Path) -> bool:
     try:
         shards.open_store(path, allow_incomplete=True)
+    except shards.StoreDamaged:
+        return True  # an NSA store, whose parts contradict each other
     except shards.StoreError:
         return False
     return True
@@ -115,8 +121,13 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if not out.exists():
         return
     if resume:
-        if not _is_store(out):
-            raise UserError(f"{out}: --resume needs an NSA store here, and this is not one")
+        try:
+            shards.open_store(out, allow_incomplete=True)
+        except shards.StoreDamaged:
+            raise
+        except shards.StoreError as exc:
+            reason = str(exc).removeprefix(f"{out}: ")
+            raise UserError(f"{out}: --resume needs an NSA store here ({reason})") from None
         return
     if not overwrite:
         raise UserError(f"{out} already exists; pass --resume to finish it or --overwrite "
@@ -179,13 +190,22 @@ def generate_store(
     ``workers`` caps concurrent tasks (default: every CPU of the local machine or the
     cluster at ``address``). ``resume`` finishes an interrupted store made with the same
     settings, seed, n and source images (and starts one when ``out`` does not exist);
-    ``overwrite`` replaces an existing store.
+    ``overwrite`` replaces an existing store. Holds :func:`~nsa.generate.shards.writer_lock`
+    throughout, so a second writer of ``out`` fails at once with a :class:`UserError`.
     """
     out = Path(out)
     _check_options(n, seed, workers, chunk_size, resume, overwrite)
-    if address is not None and address != "auto":
-        check_reachable(address)  # fail in seconds, before reading any image
+    check_cluster(address)  # fail in seconds, before reading any image
     settings = source_settings(source, preset, overrides, size)
+    with shards.writer_lock(out):  # one nsa-gen per store, for creation and --resume
+        _generate_locked(source, out, settings, n, seed, workers, address, resume, overwrite,
+                         chunk_size, progress)
+    return out
+
+
+def _generate_locked(source: Source, out: Path, settings: dict[str, Any], n: int, seed: int,
+                     workers: int | None, address: str | None, resume: bool,
+                     overwrite: bool, chunk_size: int, progress: bool) -> None:
     preset = settings["preset"]
     _check_out(out, resume, overwrite)
 
@@ -203,7 +223,6 @@ def generate_store(
         with ray_session(address, workers if address is None else None):
             run_chunks(store, sources, settings, seed, workers, progress)
         _finish(store)
-    return out
 
 
 def _open_or_create(out: Path, wanted: dict[str, Any], resume: bool) -> shards.Store:
@@ -265,7 +284,8 @@ def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
 
 
 def _result(ref: Any, path: Path, index: int) -> int:
-    """The task's result. A UserError raised in a task comes out as itself; a lost
+    """The task's result. A UserError raised in a task comes out as itself, an OSError as
+    the one-line error of :func:`~nsa.errors.os_error` naming the store; a lost
     worker or node becomes a one-line UserError (a bug in the task keeps its traceback)."""
     import ray
 
@@ -274,6 +294,8 @@ def _result(ref: Any, path: Path, index: int) -> int:
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, UserError):
             raise exc.cause from None
+        if isinstance(exc.cause, OSError):  # e.g. the store's disk failed in the worker
+            raise os_error(exc.cause, path) from None
         raise
     except ray.exceptions.RayError as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0]

@@ -179,16 +179,23 @@ def _scaled_crops(augment: dict[str, Any], preset_size: int, size: Any,
     below the crop. Crops the user gave explicitly are left alone; a size that is no
     integer is left for validation to reject.
     """
-    if not isinstance(size, int) or size < CROP_MULTIPLE:
+    if not isinstance(size, int) or size < CROP_MULTIPLE or not isinstance(augment, dict):
         return augment
     scaled = dict(augment)
-    if "crop" not in given and augment.get("crop"):
+    if "crop" not in given and _positive_int(augment.get("crop")):
         crop = augment["crop"] * size / preset_size
         scaled["crop"] = min(size, max(CROP_MULTIPLE, int(crop) // CROP_MULTIPLE * CROP_MULTIPLE))
-    if "center_crop" not in given and augment.get("center_crop"):
+    if "center_crop" not in given and _positive_int(augment.get("center_crop")):
         center = round(augment["center_crop"] * size / preset_size)
-        scaled["center_crop"] = min(size, max(center, scaled.get("crop") or 0))
+        crop = scaled.get("crop") if _positive_int(scaled.get("crop")) else 0
+        scaled["center_crop"] = min(size, max(center, crop))
     return scaled
+
+
+def _positive_int(value: Any) -> bool:
+    """True for an int > 0 (not a bool): a crop that can be scaled; others are left for
+    :func:`validate_settings` to name."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _fail(key: str, value: Any, want: str) -> SettingsError:
@@ -270,7 +277,11 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
             raise _fail(key, settings[key], "expected true or false")
     _number(settings, "size", 16, 8192, integer=True)
     _number(settings, "epochs", 1, 100000, integer=True)
-    augment = settings["augment"]
+    settings["augment"] = _validate_augment(settings["augment"])
+    return settings
+
+
+def _validate_augment(augment: Any) -> dict[str, Any]:
     if not isinstance(augment, dict) or sorted(augment) != sorted(_AUGMENT_KEYS):
         raise _fail("augment", augment, f"expected a dict with keys {', '.join(_AUGMENT_KEYS)}")
     aug = dict(augment)
@@ -281,5 +292,19 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
     for key in ("vflip", "hflip"):
         if not isinstance(aug[key], bool):
             raise _fail(f"augment.{key}", aug[key], "expected true or false")
-    settings["augment"] = aug
-    return settings
+    return aug
+
+
+def check_recorded_settings(settings: Any) -> None:
+    """Check settings read back from a store; raise :class:`SettingsError` naming the fault.
+
+    A full record (every setting name present, as ``nsa-gen`` writes) must pass
+    :func:`validate_settings`; a partial one (written by other tools) must be a mapping
+    whose ``augment``, when present, is valid, since training reads it. Nothing is changed.
+    """
+    if not isinstance(settings, dict):
+        raise SettingsError(f"settings are {type(settings).__name__}, not a mapping")
+    if all(key in settings for key in ("preset", *SETTING_NAMES)):
+        validate_settings(copy.deepcopy(settings))
+    elif "augment" in settings:
+        _validate_augment(copy.deepcopy(settings["augment"]))

@@ -27,23 +27,32 @@ resolved), ``seed``, ``n``, ``chunk_size``, ``height``, ``width``, ``channels``,
 ``source`` (kind, description, ``files`` with content hashes), ``versions``, ``reasons``,
 ``created``, and ``complete`` which is ``False`` until every chunk is written and checked;
 it is set last. Readers refuse incomplete stores unless asked explicitly.
+
+Every reader goes through :func:`open_store`, which checks the arrays against the
+attributes (:func:`check_structure`) and names the first contradiction in one line, so a
+hand-edited or truncated store fails there rather than as a KeyError later. One process
+writes a store at a time: the writer holds :func:`writer_lock` (``.<name>.lock`` beside
+the store) from before creation to the end.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from nsa.generate.presets import SettingsError, check_recorded_settings
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from nsa.errors import CheckFailed, UserError
+from nsa.errors import CheckFailed, UserError, writing
 from nsa.progress import progress_bar
 
 FORMAT = "nsa-shards"
@@ -64,6 +73,10 @@ EXAMPLE_ARRAYS = ("images", "masks", "labels", "dest_index", "source_index", "bo
 
 class StoreError(UserError):
     """A store that is missing, incomplete, damaged or does not match what was asked."""
+
+
+class StoreDamaged(StoreError):
+    """A store whose arrays or attributes contradict each other (hand-edited, truncated)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,25 @@ def n_chunks(n: int, chunk_size: int) -> int:
     return -(-n // chunk_size)
 
 
+def array_specs(n: int, height: int, width: int, channels: int,
+                chunk_size: int) -> dict[str, tuple[tuple[int, ...], str, tuple[int, ...], int]]:
+    """Every array of a store: ``name -> (shape, dtype, chunks, fill value)``.
+
+    The one statement of the layout, used to create a store and to check one.
+    """
+    cs = chunk_size
+    return {
+        "images": ((n, height, width, channels), "uint8", (cs, height, width, channels), 0),
+        "masks": ((n, height, width, 1), "uint8", (cs, height, width, 1), 0),
+        "labels": ((n,), "uint8", (cs,), 0),
+        "dest_index": ((n,), "int32", (cs,), -1),
+        "source_index": ((n,), "int32", (cs,), -1),
+        "boxes": ((n, MAX_PATCHES, 4), "int16", (cs, MAX_PATCHES, 4), -1),
+        "reason": ((n,), "uint8", (cs,), 0),
+        "checksums": ((n_chunks(n, cs), 32), "uint8", (1, 32), 0),
+    }
+
+
 def create_store(
     path: Path,
     *,
@@ -114,46 +146,91 @@ def create_store(
 
     The store is built in a hidden sibling folder and renamed to ``path`` when its
     metadata is whole, so a kill at any moment leaves either nothing at ``path`` or a
-    store that ``--resume`` can finish. ``path`` must not exist.
+    store that ``--resume`` can finish. ``path`` must not exist; the caller holds
+    :func:`writer_lock`, so the hidden folders of other pids are leftovers of killed runs.
+    An OSError (no space left) becomes an :class:`~nsa.errors.OutputError` naming ``path``.
     """
     path = Path(path)
     if channels not in (1, 3):
         raise StoreError(f"{path}: channels must be 1 or 3, not {channels}")
-    for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    if path.exists():
+        raise StoreError(f"{path} already exists")
     building = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    group = zarr.open_group(str(building), mode="w", zarr_format=3)
-    cs = chunk_size
-
-    def array(name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...], fill=0):
-        group.create_array(
-            name, shape=shape, dtype=dtype, chunks=chunks, compressors=COMPRESSOR,
-            fill_value=fill,
+    with writing(path), _removed_on_error(building):
+        for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        group = zarr.open_group(str(building), mode="w", zarr_format=3)
+        for name, (shape, dtype, chunks, fill) in array_specs(
+                n, height, width, channels, chunk_size).items():
+            group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
+                               compressors=COMPRESSOR, fill_value=fill)
+        group.attrs.update(
+            {
+                **attrs,
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "n": n,
+                "height": height,
+                "width": width,
+                "channels": channels,
+                "chunk_size": chunk_size,
+                "complete": False,
+            }
         )
+        os.rename(building, path)
+        return zarr.open_group(str(path), mode="r+", zarr_format=3)
 
-    array("images", (n, height, width, channels), "uint8", (cs, height, width, channels))
-    array("masks", (n, height, width, 1), "uint8", (cs, height, width, 1))
-    array("labels", (n,), "uint8", (cs,))
-    array("dest_index", (n,), "int32", (cs,), -1)
-    array("source_index", (n,), "int32", (cs,), -1)
-    array("boxes", (n, MAX_PATCHES, 4), "int16", (cs, MAX_PATCHES, 4), -1)
-    array("reason", (n,), "uint8", (cs,))
-    array("checksums", (n_chunks(n, cs), 32), "uint8", (1, 32))
-    group.attrs.update(
-        {
-            **attrs,
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "n": n,
-            "height": height,
-            "width": width,
-            "channels": channels,
-            "chunk_size": chunk_size,
-            "complete": False,
-        }
-    )
-    os.rename(building, path)
-    return zarr.open_group(str(path), mode="r+", zarr_format=3)
+
+@contextmanager
+def _removed_on_error(folder: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def writer_lock(path: str | Path) -> Iterator[None]:
+    """Hold the one-writer lock of the store at ``path`` (which need not exist yet).
+
+    An advisory ``flock`` on ``.<name>.lock`` beside the store, holding the holder's pid;
+    the kernel drops it when the holder dies, even by ``kill -9``. The file is removed on
+    leaving. Raises :class:`StoreError` naming the other writer's pid when it is held, or
+    a one-line error from :func:`~nsa.errors.writing` when the folder is unusable.
+    """
+    path = Path(path)
+    lock_path = path.with_name(f".{path.name}.lock")
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise StoreError(f"{path}: {existing} is not a folder")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with writing(path):
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"{path}: another nsa-gen is writing this store (pid {holder})") from None
+        try:  # the last holder may have removed the file between our open and flock
+            current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with writing(path):
+            os.unlink(lock_path)  # while still locked: nobody can take a file about to go
+            os.close(fd)
 
 
 class Store:
@@ -197,20 +274,22 @@ class Store:
         return data
 
     def written_chunks(self) -> np.ndarray:
-        """Boolean per chunk: True where the writer recorded a checksum (chunk finished)."""
-        return self.group["checksums"][:].any(axis=1)
+        """Boolean per chunk: True where the writer recorded a checksum (chunk finished).
 
-    def iter_bad_chunks(self) -> Iterator[tuple[int, str]]:
-        """Yield ``(index, problem)`` for every missing, unreadable or corrupted chunk."""
-        written = self.written_chunks()
-        for index in range(self.n_chunks):
-            if not written[index]:
-                yield index, "missing"
-                continue
-            try:
-                self.read_chunk(index, verify=True)
-            except StoreError as exc:
-                yield index, str(exc).split(": ", 1)[-1]
+        Raises :class:`StoreDamaged` when the checksum array cannot be read.
+        """
+        return _written_chunks(self.path, self.group)
+
+    def chunk_problem(self, index: int, written: bool) -> str | None:
+        """What is wrong with chunk ``index`` (``"missing"``, ``"does not match its
+        checksum"``, ...), or None; ``written`` is its entry of :meth:`written_chunks`."""
+        if not written:
+            return "missing"
+        try:
+            self.read_chunk(index, verify=True)
+        except StoreError as exc:
+            return str(exc).split(f"chunk {index} ", 1)[-1]
+        return None
 
     def write_chunk(self, index: int, data: ChunkData) -> None:
         """Write chunk ``index`` of every array, then its checksum (the 'done' marker).
@@ -221,7 +300,7 @@ class Store:
         and every written chunk then has its file.
         """
         sl = self.chunk_slice(index)
-        with zarr.config.set({"array.write_empty_chunks": True}):
+        with writing(self.path), zarr.config.set({"array.write_empty_chunks": True}):
             for name in EXAMPLE_ARRAYS:
                 self.group[name][sl] = getattr(data, name)
             self.group["checksums"][index] = data.checksum()
@@ -258,7 +337,8 @@ class Store:
 
     def mark_complete(self) -> None:
         """Record that every chunk is written; the last write of a finished store."""
-        self.group.attrs["complete"] = True
+        with writing(self.path):
+            self.group.attrs["complete"] = True
         self.attrs["complete"] = True
 
 
@@ -267,14 +347,15 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False, mode: str = 
 
     Raises :class:`StoreError` with a one-line reason when ``path`` is missing, is not an
     NSA store, has another format version, or is incomplete and ``allow_incomplete`` is
-    False.
+    False; :class:`StoreDamaged` when its arrays or attributes contradict each other
+    (see :func:`check_structure`).
     """
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store")
     try:
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
-    except Exception as exc:
+    except Exception as exc:  # zarr raises many types for what is not a v3 group
         raise StoreError(f"{path}: not a Zarr v3 group ({exc.__class__.__name__})") from exc
     attrs = dict(group.attrs)
     if attrs.get("format") != FORMAT:
@@ -284,12 +365,76 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False, mode: str = 
             f"{path}: store format version {attrs.get('format_version')}, "
             f"this nsa-pipeline reads version {FORMAT_VERSION}"
         )
+    check_structure(path, group)
     if not attrs.get("complete", False) and not allow_incomplete:
         raise StoreError(
             f"{path}: store is incomplete (generation was interrupted); "
             "finish it with `nsa-gen ... --resume`"
         )
     return Store(path, group)
+
+
+_DIMENSIONS = ("n", "chunk_size", "height", "width", "channels")
+
+
+def check_structure(path: Path, group: zarr.Group) -> None:
+    """Check that the store's arrays are what its attributes say; raise :class:`StoreDamaged`
+    with one line naming the first contradiction.
+
+    Checked: ``n``, ``chunk_size``, ``height``, ``width``, ``channels`` are positive
+    integers (channels 1 or 3); ``settings``, when present, passes
+    :func:`~nsa.generate.presets.check_recorded_settings`; every array exists with
+    the shape, dtype and chunks those imply (:func:`array_specs`); and a store marked
+    ``complete`` has a checksum for every chunk.
+    """
+    attrs = dict(group.attrs)
+
+    def damaged(problem: str) -> StoreDamaged:
+        return StoreDamaged(f"{path}: damaged store: {problem}")
+
+    for key in _DIMENSIONS:
+        value = attrs.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise damaged(f"attribute {key!r} is {value!r}, not a positive integer")
+    if attrs["channels"] not in (1, 3):
+        raise damaged(f"attribute 'channels' is {attrs['channels']}, not 1 or 3")
+    if "settings" in attrs:
+        try:
+            check_recorded_settings(attrs["settings"])
+        except SettingsError as exc:
+            raise damaged(f"attribute 'settings': {exc}") from None
+    specs = array_specs(attrs["n"], attrs["height"], attrs["width"], attrs["channels"],
+                        attrs["chunk_size"])
+    for name, (shape, dtype, chunks, _) in specs.items():
+        try:
+            array = group[name]
+        except KeyError:
+            raise damaged(f"array {name!r} is missing") from None
+        except (ValueError, TypeError) as exc:  # unreadable zarr.json
+            raise damaged(f"array {name!r} has unreadable metadata ({exc})") from None
+        if not isinstance(array, zarr.Array):
+            raise damaged(f"{name!r} is not an array")
+        found = {"shape": tuple(array.shape), "dtype": str(array.dtype),
+                 "chunks": tuple(array.chunks)}
+        for what, expected in (("shape", shape), ("dtype", dtype), ("chunks", chunks)):
+            if found[what] != expected:
+                raise damaged(
+                    f"array {name!r} has {what} {found[what]}, the attributes (n, "
+                    f"chunk_size, height, width, channels) imply {expected}")
+    if attrs.get("complete", False):
+        written = _written_chunks(path, group)
+        if not written.all():
+            missing = np.flatnonzero(~written)
+            raise damaged(f"marked complete but {missing.size} of {written.size} chunks "
+                          f"have no checksum (first: chunk {missing[0]})")
+
+
+def _written_chunks(path: Path, group: zarr.Group) -> np.ndarray:
+    try:
+        return group["checksums"][:].any(axis=1)
+    except Exception as exc:  # zarr/numcodecs raise many types for damaged chunks
+        raise StoreDamaged(
+            f"{path}: damaged store: the checksums array is unreadable ({exc})") from exc
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -323,17 +468,23 @@ def verify_store(path: str | Path, *, progress: bool = False) -> int:
     """Re-check every chunk of the store at ``path``; return how many were checked.
 
     Raises :class:`~nsa.errors.CheckFailed` (exit 1) naming every missing, unreadable or
-    corrupted chunk by index; the store may be incomplete (its missing chunks are named).
+    corrupted chunk by index, or the store's first structural damage; the store may be
+    incomplete (its missing chunks are named). A missing or non-store ``path`` raises
+    :class:`StoreError` (exit 2).
     """
-    store = open_store(path, allow_incomplete=True)
+    try:
+        store = open_store(path, allow_incomplete=True)
+    except StoreDamaged as exc:
+        raise CheckFailed(str(exc)) from None
     bad: list[str] = []
     bar = progress_bar("chunks")
     bar.disable = not progress
     bar.start()
     task = bar.add_task("verifying", total=store.n_chunks)
     try:
+        written = store.written_chunks()  # once: one file per chunk
         for index in range(store.n_chunks):
-            problem = _chunk_problem(store, index)
+            problem = store.chunk_problem(index, bool(written[index]))
             if problem:
                 bad.append(f"chunk {index} {problem}")
             bar.advance(task)
@@ -343,13 +494,3 @@ def verify_store(path: str | Path, *, progress: bool = False) -> int:
         shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise CheckFailed(f"{store.path}: {len(bad)} of {store.n_chunks} chunks bad: {shown}")
     return store.n_chunks
-
-
-def _chunk_problem(store: Store, index: int) -> str | None:
-    if not store.written_chunks()[index]:
-        return "missing"
-    try:
-        store.read_chunk(index, verify=True)
-    except StoreError as exc:
-        return str(exc).split(f"chunk {index} ", 1)[-1]
-    return None

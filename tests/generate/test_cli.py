@@ -15,7 +15,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +283,176 @@ def test_generation_through_an_existing_cluster_at_address(mvtec_root, local_ray
         shutil.rmtree(temp, ignore_errors=True)
     assert run.returncode == 0, run.stderr
     _assert_same_arrays(out, _reference(mvtec_root, tmp_path / "local.zarr", 24))
+
+
+def test_set_augment_to_a_number_is_one_line_exit_2(mvtec_root, tmp_path):
+    result = _run("mvtec", "--root", mvtec_root, "--category", CATEGORY, "--n", 8,
+                  "--out", tmp_path / "s.zarr", "--set", "augment=5", *SMALL)
+    _assert_one_line_error(result, "'augment' = 5")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_out_below_a_regular_file_is_one_line_exit_2(mvtec_root, tmp_path):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "s.zarr"
+    result = _run("mvtec", "--root", mvtec_root, "--category", CATEGORY, "--n", 8,
+                  "--out", out, *SMALL)
+    _assert_one_line_error(result, str(out), "is not a folder")
+
+
+@pytest.mark.parametrize("command", ["info", "verify"])
+def test_info_and_verify_name_a_damaged_store_in_one_line(cli_store, tmp_path, command):
+    damaged = tmp_path / "d.zarr"
+    shutil.copytree(cli_store, damaged)
+    shutil.rmtree(damaged / "checksums")
+    result = _run(command, damaged)
+    assert result.exit_code == (1 if command == "verify" else 2), result.output
+    assert result.stderr.strip() == (f"error: {damaged}: damaged store: "
+                                     "array 'checksums' is missing")
+
+
+@contextlib.contextmanager
+def _http_server() -> Iterator[int]:
+    """A plain HTTP/1 server on a free local port (a service that is not Ray)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["--address", "RAY_ADDRESS"])
+def test_an_address_where_another_service_listens_is_one_line_within_seconds(
+        mvtec_root, tmp_path, how):
+    out = tmp_path / "s.zarr"
+    with _http_server() as port:
+        address = f"127.0.0.1:{port}"
+        extra = ["--address", address] if how == "--address" else []
+        env = {**os.environ, "RAY_ADDRESS": address} if how == "RAY_ADDRESS" else None
+        start = time.monotonic()
+        run = subprocess.run(_gen_command(mvtec_root, out, 8, *extra), capture_output=True,
+                             text=True, timeout=60, env=env)
+        took = time.monotonic() - start
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == (f"error: {how} {address}: not a Ray cluster (the service "
+                                  "there does not speak gRPC)")
+    assert took < 15
+    assert not out.exists()
+
+
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _session_processes(pid: int) -> list[int]:
+    """Processes whose command line names the Ray temp folder of nsa-gen ``pid``."""
+    marker = f"nsa-ray-{pid}-".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if marker in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_second_writer_of_a_store_is_refused_in_one_line(mvtec_root, tmp_path):
+    out = tmp_path / "locked.zarr"
+    command = _gen_command(mvtec_root, out, 48, "--workers", "2")
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / ".locked.zarr.lock"
+        _wait_for(lambda: lock.exists() and lock.read_text().strip(), first)
+        for extra in ([], ["--resume"]):
+            second = subprocess.run([*command, *extra], capture_output=True, text=True,
+                                    timeout=60)
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.strip() == (f"error: {out}: another nsa-gen is writing this "
+                                             f"store (pid {first.pid})")
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        _kill_group(first)
+    assert shards.verify_store(out) == 12
+    assert not lock.exists()
+
+
+def test_sigterm_cleans_up_in_one_line_and_resume_finishes(mvtec_root, tmp_path):
+    out = tmp_path / "term.zarr"
+    command = _gen_command(mvtec_root, out, 200, "--workers", "1")
+    driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _written(out) >= 1, driver)
+        os.kill(driver.pid, signal.SIGTERM)
+        assert driver.wait(timeout=30) == 130
+        assert driver.stderr.read() == "terminated\n"  # no traceback, no Ray stack
+        assert list(Path("/tmp").glob(f"nsa-ray-{driver.pid}-*")) == []
+        deadline = time.monotonic() + 5
+        while _session_processes(driver.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session_processes(driver.pid) == []
+    finally:
+        _kill_group(driver)
+    assert _nothing_complete(out) and not (tmp_path / ".term.zarr.lock").exists()
+    resumed = subprocess.run([*command, "--workers", "2", "--resume"], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert shards.verify_store(out) == 50
+
+
+def test_a_killed_runs_ray_temp_folder_and_processes_go_when_the_next_session_starts():
+    from nsa.ray_session import remove_stale_temp_dirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.mkdtemp(prefix=f"nsa-ray-{dead.pid}-", dir="/tmp"))
+    live = Path(tempfile.mkdtemp(prefix=f"nsa-ray-{os.getpid()}-", dir="/tmp"))
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               f"--like-a-raylet-of={stale}"])
+    try:
+        remove_stale_temp_dirs()
+        assert not stale.exists() and live.exists()
+        assert orphan.wait(timeout=10) == -signal.SIGTERM  # that session's process ended
+    finally:
+        orphan.kill()
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 256 kB tmpfs (needs root; skipped otherwise), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_disk_full_is_one_line_and_the_store_resumes_elsewhere(mvtec_root, local_ray,
+                                                               small_disk, tmp_path):
+    out = small_disk / "full.zarr"
+    args = ["mvtec", "--root", mvtec_root, "--category", CATEGORY, "--n", 120, "--size", 64,
+            "--chunk-size", 4, "--workers", 2, "--quiet"]
+    result = _run(*args, "--out", out)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == f"error: {out}: no space left on device"
+    assert 0 < _written(out) < 30 and _nothing_complete(out)
+    moved = tmp_path / "full.zarr"
+    shutil.copytree(out, moved)
+    resumed = _run(*args, "--out", moved, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    _assert_same_arrays(moved, _reference(mvtec_root, tmp_path / "whole.zarr", 120))

@@ -1,6 +1,7 @@
 """Presets: the method's figures by name, overridable, validated, JSON-serialisable."""
 
 import json
+import re
 
 import pytest
 from nsa.generate.presets import PRESETS, SettingsError, preset_names, resolve_settings
@@ -132,3 +133,12 @@ def test_explicit_crops_survive_a_size_override():
     augment = resolve_settings("bottle", {"size": 64, "augment": {"crop": 64,
                                                                  "center_crop": 64}})["augment"]
     assert (augment["crop"], augment["center_crop"]) == (64, 64)
+
+
+@pytest.mark.parametrize(("augment", "named"), [
+    (5, "'augment' = 5"), (None, "'augment' = None"), ([1, 2], "'augment' = [1, 2]"),
+    ({"crop": "x"}, "'crop' = 'x'"), ({"center_crop": True}, "'center_crop' = True"),
+])
+def test_a_malformed_augment_with_a_size_override_is_named(augment, named):
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        resolve_settings("bottle", {"augment": augment, "size": 64})

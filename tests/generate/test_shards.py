@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
+import zarr
 from nsa.generate import shards
+from nsa.generate.presets import resolve_settings
 
 from nsa.errors import CheckFailed
 
@@ -94,7 +98,7 @@ def test_create_store_leaves_no_building_folder_and_refuses_an_existing_path(tmp
     shards.create_store(path, n=4, height=8, width=8, channels=1, chunk_size=2, attrs={})
     assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
     assert not shards.open_store(path, allow_incomplete=True).complete
-    with pytest.raises(OSError):
+    with pytest.raises(shards.StoreError, match="already exists"):
         shards.create_store(path, n=4, height=8, width=8, channels=1, chunk_size=2, attrs={})
 
 
@@ -104,3 +108,49 @@ def test_create_store_clears_what_a_killed_creation_left(tmp_path):
     shards.create_store(tmp_path / "s.zarr", n=4, height=8, width=8, channels=1,
                         chunk_size=2, attrs={})
     assert not stale.exists()
+
+
+def _edit_attrs(store: shards.Store, **changes) -> None:
+    group = zarr.open_group(str(store.path), mode="r+", zarr_format=3)
+    group.attrs.update(changes)
+
+
+DAMAGES = {
+    "checksums removed": (lambda s: shutil.rmtree(s.path / "checksums"),
+                          "array 'checksums' is missing"),
+    "n edited": (lambda s: _edit_attrs(s, n=12), "array 'images' has shape (10, 8, 8, 1)"),
+    "n not a number": (lambda s: _edit_attrs(s, n="10"), "attribute 'n' is '10'"),
+    "chunk_size edited": (lambda s: _edit_attrs(s, chunk_size=5),
+                          "array 'images' has chunks (4, 8, 8, 1)"),
+    "channels edited": (lambda s: _edit_attrs(s, channels=3),
+                        "array 'images' has shape (10, 8, 8, 1)"),
+    "settings edited": (lambda s: _edit_attrs(s, settings={"augment": 5}),
+                        "attribute 'settings': setting 'augment' = 5"),
+    "full settings edited": (
+        lambda s: _edit_attrs(s, settings={**resolve_settings("elpv"), "num_patches": 9}),
+        "setting 'num_patches' = 9"),
+    "complete with chunks missing": (lambda s: _edit_attrs(s, complete=True),
+                                     "marked complete but 1 of 3 chunks have no checksum"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_every_reader_names_the_damage_of_a_hand_edited_store_in_one_line(tmp_path, damage):
+    store = _store(tmp_path, written=(0, 2))
+    edit, expected = DAMAGES[damage]
+    edit(store)
+    for read in (lambda: shards.open_store(store.path, allow_incomplete=True),
+                 lambda: shards.open_store(store.path)):
+        with pytest.raises(shards.StoreDamaged) as raised:
+            read()
+        message = str(raised.value)
+        assert message.startswith(f"{store.path}: damaged store: ") and expected in message
+        assert "\n" not in message
+    with pytest.raises(CheckFailed, match="damaged store"):  # verify: exit 1
+        shards.verify_store(store.path)
+
+
+def test_a_store_with_all_its_checksums_may_be_marked_complete(tmp_path):
+    store = _store(tmp_path)
+    store.mark_complete()
+    assert shards.open_store(store.path).complete

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nsa.errors import UserError
-from nsa.ray_session import ray_session
+from nsa.ray_session import check_reachable, ray_session
 
 _RUN_ONE_TASK = """
 import os, ray
-from nsa.ray_session import ray_session
+from nsa.ray_session import check_reachable, ray_session
 with ray_session(None, 1):
     print(os.getpid(), ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid())
 """
@@ -58,3 +63,61 @@ def test_ray_address_environment_variable_counts_as_the_address(monkeypatch):
     with pytest.raises(UserError, match=f"RAY_ADDRESS 127.0.0.1:{port}: no Ray cluster"), \
             ray_session(None, 1):
         pass
+
+
+@contextlib.contextmanager
+def _server(reply: bytes | None) -> Iterator[int]:
+    """A TCP server on a free local port that answers every connection with ``reply``
+    (or never answers when None); yields its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed
+                return
+            held.append(conn)
+            if reply is not None:
+                conn.recv(1024)
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_service_that_is_not_ray_is_named_in_seconds(monkeypatch):
+    with _server(b"HTTP/1.0 400 Bad request\r\n\r\n") as port:
+        with pytest.raises(UserError, match=f"--address 127.0.0.1:{port}: not a Ray cluster "
+                                            r"\(the service there does not speak gRPC\)"), \
+                ray_session(f"127.0.0.1:{port}"):
+            pass
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        with pytest.raises(UserError, match=f"RAY_ADDRESS 127.0.0.1:{port}: not a Ray"), \
+                ray_session(None, 1):
+            pass
+
+
+@pytest.mark.timeout(30)
+def test_a_service_that_never_answers_is_named_after_the_timeout():
+    with _server(None) as port:
+        start = time.monotonic()
+        with pytest.raises(UserError, match=re.escape(
+                "not a Ray cluster (no answer to a gRPC connection within 0.5 s)")):
+            check_reachable(f"127.0.0.1:{port}", timeout=0.5)
+        assert time.monotonic() - start < 5
+
+
+def test_a_grpc_server_passes_the_probe():
+    settings_frame = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    with _server(settings_frame) as port:
+        check_reachable(f"127.0.0.1:{port}")
