@@ -6,8 +6,8 @@ test set and ``nsa-eval predict``:
 - **Image files** are files whose name ends, in any letter case, in one of
   :data:`IMAGE_SUFFIXES`: the formats this OpenCV build decodes (OpenEXR is off in the
   wheels, so ``.exr`` is not one). A mask is found by :func:`find_mask` under the same rule.
-- **Decoding** gives what a viewer shows: the EXIF orientation of a JPEG (or TIFF, WebP...)
-  is applied, colour order is RGB, an alpha channel is dropped. A missing, empty (0 bytes),
+- **Decoding** gives what a viewer shows: the EXIF orientation of a JPEG (or PNG, TIFF,
+  WebP) is applied, colour order is RGB, an alpha channel is dropped. A missing, empty (0 bytes),
   corrupt or truncated file raises :class:`ImageReadError` naming it.
 - **Bit depth.** 8-bit images are taken as they are. Integer images wider than 8 bits are
   scaled so that their *white level* becomes 255: for a source set (:func:`read_images`),
@@ -58,9 +58,9 @@ MASK_STEMS = ("{stem}_mask", "{stem}")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
-#: Keep the bit depth and the colour/grey layout, apply EXIF orientation (which
-#: IMREAD_UNCHANGED would skip) and drop alpha.
-_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+_EXIF_ORIENTATION = 0x0112
+#: Pillow modes whose pixels are taken as they are (others are converted to RGB).
+_PLAIN_MODES = ("L", "LA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 class ImageReadError(UserError):
@@ -140,10 +140,42 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
+def _orientation(data: bytes) -> int:
+    """The file's EXIF Orientation (1..8; 1 when it has none), read by Pillow from the
+    header only; a file Pillow does not know has none."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            return int(opened.getexif().get(_EXIF_ORIENTATION, 1))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+            SyntaxError, TypeError):
+        return 1
+
+
+def _decode_oriented(path: Path, data: bytes) -> np.ndarray:
+    """A file with an EXIF orientation, decoded and turned by Pillow (OpenCV turns only
+    some formats, and not at all when asked to keep the bit depth)."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            shown = ImageOps.exif_transpose(opened)
+            if shown.mode == "1":
+                shown = shown.convert("L")
+            elif shown.mode not in _PLAIN_MODES:
+                shown = shown.convert("RGB")
+            pixels = np.array(shown)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+            SyntaxError) as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc})") from None
+    if pixels.ndim == 2:
+        return pixels[..., None]
+    return pixels[..., :1] if shown.mode == "LA" else pixels[..., :3]
+
+
 def _decode(path: Path, data: bytes) -> np.ndarray:
+    if _orientation(data) != 1:
+        return _decode_oriented(path, data)
     previous = cv2.setLogLevel(0)  # silence OpenCV's own warning; we raise instead
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         image = None
     finally:
@@ -152,9 +184,11 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
         raise ImageReadError(f"{path}: not a readable image (corrupt or unknown format)")
     if image.ndim == 2:
         return image[..., None]
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     if image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image[..., :1]  # ANYCOLOR gives 1 or 3 channels; anything else: the first
+    return image[..., :1]  # grey + alpha
 
 
 def decode_image(path: Path | str) -> np.ndarray:

@@ -103,6 +103,24 @@ def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
     assert read_mask(tmp_path / "phone.jpg").shape == (96, 64)
 
 
+#: What a viewer shows for each EXIF Orientation, from the EXIF specification.
+SHOWN = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+         5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+         7: lambda a: np.rot90(a, -1)[::-1], 8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".webp"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_read_as_shown(tmp_path, suffix, orientation):
+    stored = np.random.default_rng(orientation).integers(0, 255, (6, 9, 3), dtype=np.uint8)
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    options = {"lossless": True} if suffix == ".webp" else {}
+    image.save(tmp_path / f"x{suffix}", exif=exif.tobytes(), **options)
+    assert np.array_equal(read_image(tmp_path / f"x{suffix}"), SHOWN[orientation](stored))
+
+
 @pytest.mark.parametrize("values", [(0, 255), (0, 1), (0, 3), (0, 1000)])
 def test_a_mask_pixel_is_a_defect_iff_it_is_non_zero(tmp_path, values):
     low, high = values
