@@ -161,6 +161,11 @@ def markdown(result: dict[str, Any]) -> str:
         if name == "mean":
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
+    empty = [(name, row.get("defect_images_with_empty_mask")) for name, row in rows
+             if name != "mean" and row.get("defect_images_with_empty_mask")]
+    if empty:
+        lines += ["", "Defect images whose mask has no defect pixel (their pixels count as "
+                  "defect-free): " + ", ".join(f"{name} {n}" for name, n in empty) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -94,6 +94,7 @@ def test_a_defect_image_with_an_all_zero_mask_is_counted_reported_and_kept(
         assert row[key] == pytest.approx(expected[key], abs=1e-12), key
     assert len(err) == 1 and err[0].startswith("warning: widget: 1 of 6 defect images")
     assert image.name in err[0]
+    assert "mask has no defect pixel" in (tmp_path / "out" / "metrics.md").read_text()
 
 
 def test_a_mask_drawn_on_an_exif_rotated_photo_matches_it(tmp_path: Path) -> None:
