@@ -26,10 +26,10 @@ from nsa.evaluate.inference import (
     load_run,
 )
 from nsa.evaluate.pictures import overlay_panel, write_picture
-from nsa.evaluate.run import check_out
+from nsa.evaluate.run import check_out, warn
 from nsa.evaluate.tables import write_text_atomic
 from nsa.evaluate.testsets import TestImage, TestSet, check_files
-from nsa.generate.images import image_files, read_image, resize_square
+from nsa.generate.images import depth_mismatch, image_files, read_image, resize_square
 
 from nsa.errors import UserError, writing
 from nsa.progress import progress_bar
@@ -65,6 +65,10 @@ def predict(
         (out / "maps").mkdir(parents=True, exist_ok=True)
         (out / "predict.json").unlink(missing_ok=True)  # a failed run must not look finished
 
+    warnings: list[str] = []
+    mismatch = depth_mismatch(files[0], run.white_level)  # the first image stands for all
+    if mismatch:
+        warn(mismatch, warnings)
     rows = []
     bar = progress_bar("images")
     bar.disable = not progress
@@ -99,6 +103,7 @@ def predict(
         "n_images": len(files),
         "geometry": geometry.record(),
         "white_level": run.white_level,
+        "warnings": warnings,
         "settings": {"device": str(torch_device), "batch_size": batch_size},
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -11,7 +11,9 @@ a file, no empty image or mask file, a model with finite weights). ``metrics.jso
 written last and atomically, and a previous one in ``out`` is removed first, so a folder
 with ``metrics.json`` holds a finished evaluation. Defect images whose mask is all zero
 stay in the pixel metrics (their pixels are all good pixels), are counted per set
-(``defect_images_with_empty_mask``) and reported by one ``warning:`` line on stderr.
+(``defect_images_with_empty_mask``) and reported by one ``warning:`` line on stderr; such
+lines (also: test images deeper than 8 bits for a model trained on 8-bit ones) are kept
+in metrics.json's ``warnings``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from nsa.evaluate.pictures import (
 )
 from nsa.evaluate.tables import mean_row, paper_figures, write_tables
 from nsa.evaluate.testsets import TestSet, check_files, read_test_image
-from nsa.generate.images import resize_square
+from nsa.generate.images import depth_mismatch, resize_square
 
 from nsa.errors import UserError, writing
 from nsa.progress import progress_bar
@@ -173,14 +175,20 @@ def write_set_pictures(out: Path, testset: TestSet, scored: ScoredSet) -> None:
         write_picture(path, overlay_panel(image, side_map, side_mask, caption))
 
 
-def warn_empty_masks(testset: TestSet, scored: ScoredSet) -> None:
-    """One ``warning:`` line on stderr when defect images of the set have all-zero masks."""
-    if scored.empty_masks:
-        n = len(scored.empty_masks)
-        print(f"warning: {testset.name}: {n} of {testset.n_defect} defect images have a mask "
-              f"with no defect pixel (first: {scored.empty_masks[0]}); they count as "
-              "defect-free pixels in the pixel metrics (metrics.json: "
-              "defect_images_with_empty_mask)", file=sys.stderr)
+def warn(message: str, warnings: list[str]) -> None:
+    """Print ``warning: message`` on stderr and keep it for metrics.json's ``warnings``."""
+    print(f"warning: {message}", file=sys.stderr)
+    warnings.append(message)
+
+
+def empty_mask_warning(testset: TestSet, scored: ScoredSet) -> str | None:
+    """The warning for defect images of the set whose masks are all zero, if any."""
+    if not scored.empty_masks:
+        return None
+    return (f"{testset.name}: {len(scored.empty_masks)} of {testset.n_defect} defect images "
+            f"have a mask with no defect pixel (first: {scored.empty_masks[0]}); they count "
+            "as defect-free pixels in the pixel metrics (metrics.json: "
+            "defect_images_with_empty_mask)")
 
 
 def check_out(out: Path) -> None:
@@ -233,7 +241,11 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").unlink(missing_ok=True)  # a failed run must not look finished
 
-    rows, curves = {}, []
+    rows, curves, warnings = {}, [], []
+    for testset in testsets:  # the first image of each set stands for its bit depth
+        mismatch = depth_mismatch(testset.images[0].path, run.white_level)
+        if mismatch:
+            warn(mismatch, warnings)
     bar = progress_bar("images")
     bar.disable = not progress
     with bar:
@@ -246,7 +258,9 @@ def evaluate(
                 white_level=run.white_level, model_name=model,
                 advance=lambda n: bar.advance(task, n),
             )
-            warn_empty_masks(testset, scored)
+            empty = empty_mask_warning(testset, scored)
+            if empty:
+                warn(empty, warnings)
             rows[testset.name] = metrics_row(testset, scored)
             write_set_pictures(out, testset, scored)
             curves.append(set_curves(testset, scored))
@@ -264,6 +278,7 @@ def evaluate(
             "geometry": geometry.record(),
         },
         "fpr_limit": FPR_LIMIT,
+        "warnings": warnings,
         "categories": rows,
         "mean": mean_row(list(rows.values())),
         "settings": {"device": str(torch_device), "batch_size": batch_size,

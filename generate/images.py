@@ -282,6 +282,20 @@ def read_mask(path: Path | str) -> np.ndarray:
     return (mask != 0).any(axis=2)
 
 
+def depth_mismatch(path: Path | str, white_level: int | None) -> str | None:
+    """A warning when ``path`` is an image wider than 8 bits but no white level is known
+    (the model was trained on 8-bit images): it is then scaled by its type's full range,
+    which may leave 12-bit data near black. None otherwise. Decodes ``path``."""
+    if white_level is not None:
+        return None
+    image = decode_image(path)
+    if not is_wide(image):
+        return None
+    return (f"{path} holds {image.dtype} pixels (largest {int(image.max())}) but the model "
+            f"was trained on 8-bit images: scaled by the type's full range "
+            f"{np.iinfo(image.dtype).max}, which may not be how its training images looked")
+
+
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize (H, W, C) to (size, size, C): area when shrinking, bilinear when enlarging."""
     height, width, channels = image.shape

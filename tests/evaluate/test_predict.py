@@ -43,7 +43,7 @@ def test_predict_refuses_an_empty_folder(trained_run: Path, tmp_path: Path) -> N
 
 
 def test_predict_and_evaluate_scale_deep_images_by_the_runs_white_level(
-    trained_run: Path, make_mvtec, tmp_path: Path
+    trained_run: Path, make_mvtec, tmp_path: Path, capsys
 ) -> None:
     """A run trained on 12-bit data records white_level 4095; its 16-bit test images then
     give exactly the maps their 8-bit copies give (scaled by 65535 they were near black)."""
@@ -65,7 +65,15 @@ def test_predict_and_evaluate_scale_deep_images_by_the_runs_white_level(
     for name in ("000.npy", "001.npy"):
         assert np.array_equal(np.load(tmp_path / "p8" / "maps" / name),
                               np.load(tmp_path / "p16" / "maps" / name))
-    assert json.loads((tmp_path / "p16" / "predict.json").read_text())["white_level"] == 4095
+    record = json.loads((tmp_path / "p16" / "predict.json").read_text())
+    assert record["white_level"] == 4095 and record["warnings"] == []
+    assert "warning" not in capsys.readouterr().err
+    # the 8-bit run on the deep images: scaled by 65535, and said so
+    predict(trained_run, deep / good, tmp_path / "p16-8", progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "uint16 pixels (largest" in err[0] and "8-bit" in err[0]
+    record = json.loads((tmp_path / "p16-8" / "predict.json").read_text())
+    assert record["warnings"] == [err[0].removeprefix("warning: ")]
 
     rows = [evaluate([mvtec_testset(root, "widget")], run, tmp_path / out, max_pictures=0,
                      progress=False)["categories"]["widget"]
