@@ -92,8 +92,9 @@ def folder(
     good: Path = typer.Option(..., help="Folder of defect-free test images."),
     defect: list[Path] = typer.Option(..., help="Folder of defective images; repeatable."),
     masks: Path = typer.Option(
-        None, help="Masks <stem>_mask.png or <stem>.png, in MASKS/<defect folder>/ or MASKS/ "
-        "(without: pixel metrics are null)."
+        None, help="Masks <stem>_mask.<ext> or <stem>.<ext> (any image format, any case; "
+        "non-zero = defect), in MASKS/<defect folder>/ or MASKS/ (without: pixel metrics "
+        "are null)."
     ),
     name: str = typer.Option(None, help="Row name (default: the good folder's parent)."),
     model: Path = MODEL, out: Path = OUT, protocol: str = PROTOCOL, device: str = DEVICE,

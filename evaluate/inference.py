@@ -13,7 +13,9 @@ ground truth's native resolution and scores an image by the map's maximum.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -97,6 +99,21 @@ def anomaly_maps(
     return padded
 
 
+def check_finite_maps(maps: np.ndarray, model: str | Path, files: Sequence[Path]) -> None:
+    """Refuse maps holding NaN or infinity (a diverged model): a UserError naming the run
+    and the first image, instead of metrics computed from meaningless scores.
+
+    ``maps`` (N, H, W) float; ``files`` the N images they are of.
+    """
+    finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+    if not finite.all():
+        first = files[int(np.flatnonzero(~finite)[0])]
+        raise UserError(
+            f"{model}: the model's anomaly map of {first} holds NaN or infinite values "
+            "(did training diverge?); nothing scored"
+        )
+
+
 def check_protocol(protocol: str) -> str:
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: unknown {protocol!r} (choose {', '.join(PROTOCOLS)})")
@@ -125,18 +142,35 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass(frozen=True)
 class LoadedRun:
-    """A trained run ready for inference: the model on its device, how it sees images."""
+    """A trained run ready for inference: the model on its device, how it sees images.
+
+    ``white_level``: the pixel value its training images wider than 8 bits were scaled by
+    (``settings.white_level`` of its stores; None when they were 8-bit), to be applied to
+    test images alike (:func:`nsa.generate.images.read_image`).
+    """
 
     net: torch.nn.Module
     config: dict[str, Any]
     geometry: Geometry
     channels: int
     device: torch.device
+    white_level: int | None = None
 
 
 def load_run(model: Any, device: str) -> LoadedRun:
-    """Load the run directory ``model`` onto ``device`` (auto, cpu or cuda) for inference."""
+    """Load the run directory ``model`` onto ``device`` (auto, cpu or cuda) for inference.
+
+    Raises UserError naming the run when it is unusable, including a model whose weights
+    hold NaN or infinity (training diverged): its maps would be meaningless.
+    """
     torch_device = resolve_device(device)
     net, config = load_model(model, torch_device)
+    for name, tensor in net.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"{model}: the model's weights hold NaN or infinite values ({name}); "
+                "training diverged, so its anomaly maps would be meaningless"
+            )
+    white = (config.get("settings") or {}).get("white_level")
     return LoadedRun(net, config, Geometry.from_config(config), int(config["channels"]),
-                     torch_device)
+                     torch_device, int(white) if white is not None else None)

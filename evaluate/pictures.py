@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from nsa.errors import writing
+
 CONTOUR_BGR = (0, 255, 0)
 HEAT_WEIGHT = 0.5
 
@@ -74,9 +76,14 @@ def picture_indices(n: int, limit: int) -> np.ndarray:
 
 
 def write_picture(path: Path, panel: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), panel):
-        raise OSError(f"{path}: could not write the picture")
+    """Write the BGR uint8 ``panel`` as a PNG at ``path`` (creating folders); a failed
+    write (e.g. no space left) is a one-line error naming ``path``."""
+    ok, data = cv2.imencode(".png", panel)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the picture")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.tobytes())
     return path
 
 
@@ -114,6 +121,9 @@ def write_curves(path: Path, curves: list[Curves], fpr_limit: float = 0.3) -> Pa
                       transform=axis.transAxes)
         axis.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, xmax), ylim=(0, 1.01))
         axis.grid(alpha=0.3)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        with writing(path):
+            figure.savefig(path, dpi=100)
+    finally:
+        plt.close(figure)
     return path

@@ -4,7 +4,11 @@ For each image in a folder: ``maps/<stem>.npy`` (the raw float32 map at the run'
 objects zero outside their centre crop, exactly what the metrics would see under the
 ``nsa`` protocol), ``maps/<stem>.png`` (image | heat-map overlay), and one row of
 ``scores.csv`` with both image scores (``score_mean``: the NSA protocol's, ``score_max``:
-the MVTec protocol's). ``predict.json`` records the run, geometry and versions.
+the MVTec protocol's). ``predict.json`` records the run, geometry and versions; it is
+written last and atomically (a previous one is removed first), so a folder holding it is a
+finished prediction. Images are found and scaled by :mod:`nsa.generate.images`' rules, with
+the run's white level. Empty image files, a file as ``--out`` and a model with non-finite
+weights or maps are refused with one line naming them before anything is written.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ from pathlib import Path
 import numpy as np
 from nsa.evaluate.inference import (
     anomaly_maps,
+    check_finite_maps,
     image_score,
     load_run,
 )
 from nsa.evaluate.pictures import overlay_panel, write_picture
-from nsa.evaluate.testsets import image_files
-from nsa.generate.images import read_image, resize_square
+from nsa.evaluate.run import check_out, warn
+from nsa.evaluate.tables import write_text_atomic
+from nsa.evaluate.testsets import TestImage, TestSet, check_files
+from nsa.generate.images import depth_mismatch, image_files, read_image, resize_square
 
-from nsa.errors import UserError
+from nsa.errors import UserError, writing
 from nsa.progress import progress_bar
 from nsa.versions import package_versions
 
@@ -49,11 +56,19 @@ def predict(
         raise UserError(f"{images}: several images share the name {duplicates[0]!r}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    out = Path(out)
+    check_out(out)
+    check_files(TestSet("predict", str(images), [TestImage(f, 0) for f in files], False))
     run = load_run(model, device)
     net, geometry, channels, torch_device = run.net, run.geometry, run.channels, run.device
-    out = Path(out)
-    (out / "maps").mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        (out / "maps").mkdir(parents=True, exist_ok=True)
+        (out / "predict.json").unlink(missing_ok=True)  # a failed run must not look finished
 
+    warnings: list[str] = []
+    mismatch = depth_mismatch(files[0], run.white_level)  # the first image stands for all
+    if mismatch:
+        warn(mismatch, warnings)
     rows = []
     bar = progress_bar("images")
     bar.disable = not progress
@@ -61,21 +76,24 @@ def predict(
         task = bar.add_task("predicting", total=len(files))
         for start in range(0, len(files), batch_size):
             batch = files[start : start + batch_size]
-            resized = np.stack(
-                [resize_square(read_image(f, channels=channels), geometry.side) for f in batch]
-            )
-            for path, image, anomaly_map in zip(
-                batch, resized, anomaly_maps(net, resized, geometry, torch_device), strict=True
-            ):
+            resized = np.stack([
+                resize_square(read_image(f, channels=channels, white_level=run.white_level),
+                              geometry.side)
+                for f in batch
+            ])
+            maps = anomaly_maps(net, resized, geometry, torch_device)
+            check_finite_maps(maps, model, batch)
+            for path, image, anomaly_map in zip(batch, resized, maps, strict=True):
                 mean, top = image_score(anomaly_map, "nsa"), image_score(anomaly_map, "mvtec")
-                np.save(out / "maps" / f"{path.stem}.npy", anomaly_map)
+                with writing(out / "maps" / f"{path.stem}.npy"):
+                    np.save(out / "maps" / f"{path.stem}.npy", anomaly_map)
                 panel = overlay_panel(image, anomaly_map, None, f"mean {mean:.4f} max {top:.4f}")
                 write_picture(out / "maps" / f"{path.stem}.png", panel)
                 rows.append((path.name, mean, top))
             bar.advance(task, len(batch))
 
     scores = out / "scores.csv"
-    with open(scores, "w", newline="") as handle:
+    with writing(scores), open(scores, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "score_mean", "score_max"])
         writer.writerows((name, f"{mean:.6f}", f"{top:.6f}") for name, mean, top in rows)
@@ -84,9 +102,11 @@ def predict(
         "images": str(Path(images).resolve()),
         "n_images": len(files),
         "geometry": geometry.record(),
+        "white_level": run.white_level,
+        "warnings": warnings,
         "settings": {"device": str(torch_device), "batch_size": batch_size},
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    (out / "predict.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(out / "predict.json", json.dumps(record, indent=2) + "\n")
     return scores

@@ -5,10 +5,20 @@ by batch, computes image AUROC/AP, pixel AUROC/AP and AU-PRO per set under one p
 and writes into ``out``: ``metrics.json``, ``metrics.csv``, ``metrics.md``,
 ``maps/<set>/<defect>/<image>.png`` and ``curves.png``. Its keyword names are the CLI's
 option names.
+
+Everything that can be checked is checked before ``out`` is touched (options, ``out`` not
+a file, no empty image or mask file, a model with finite weights). ``metrics.json`` is
+written last and atomically, and a previous one in ``out`` is removed first, so a folder
+with ``metrics.json`` holds a finished evaluation. Defect images whose mask is all zero
+stay in the pixel metrics (their pixels are all good pixels), are counted per set
+(``defect_images_with_empty_mask``) and reported by one ``warning:`` line on stderr; such
+lines (also: test images deeper than 8 bits for a model trained on 8-bit ones) are kept
+in metrics.json's ``warnings``.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +30,7 @@ import torch
 from nsa.evaluate.inference import (
     Geometry,
     anomaly_maps,
+    check_finite_maps,
     check_protocol,
     image_score,
     load_run,
@@ -35,10 +46,10 @@ from nsa.evaluate.pictures import (
     write_picture,
 )
 from nsa.evaluate.tables import mean_row, paper_figures, write_tables
-from nsa.evaluate.testsets import TestSet, read_test_image
-from nsa.generate.images import resize_square
+from nsa.evaluate.testsets import TestSet, check_files, read_test_image
+from nsa.generate.images import depth_mismatch, resize_square
 
-from nsa.errors import UserError
+from nsa.errors import UserError, writing
 from nsa.progress import progress_bar
 from nsa.versions import package_versions
 
@@ -57,7 +68,8 @@ class ScoredSet:
 
     ``maps``/``masks`` are the pixel maps the metrics see (at the protocol's resolution;
     None without masks); ``pictures`` maps the index of each image chosen for a picture
-    to (resized image, map, mask) at the run's side.
+    to (resized image, map, mask) at the run's side; ``empty_masks`` lists the defect
+    images whose mask has no defect pixel.
     """
 
     labels: np.ndarray
@@ -65,6 +77,7 @@ class ScoredSet:
     maps: np.ndarray | list[np.ndarray] | None
     masks: np.ndarray | list[np.ndarray] | None
     pictures: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+    empty_masks: list[Path]
 
 
 def score_testset(
@@ -77,21 +90,31 @@ def score_testset(
     device: torch.device,
     batch_size: int,
     max_pictures: int,
+    white_level: int | None = None,
+    model_name: str | Path = "the model",
     advance=lambda n: None,
 ) -> ScoredSet:
-    """Run the model over ``testset`` batch by batch and keep what the metrics need."""
+    """Run the model over ``testset`` batch by batch and keep what the metrics need.
+
+    Images are scaled by ``white_level`` as the run's training images were. Raises
+    UserError naming ``model_name`` when a map holds NaN or infinity.
+    """
     side = geometry.side
     chosen = set(picture_indices(len(testset.images), max_pictures).tolist())
-    scores, maps, masks, pictures = [], [], [], {}
+    scores, maps, masks, pictures, empty = [], [], [], {}, []
     for start in range(0, len(testset.images), batch_size):
         batch = testset.images[start : start + batch_size]
-        decoded = [read_test_image(image, channels, testset.has_masks) for image in batch]
+        decoded = [read_test_image(image, channels, testset.has_masks, white_level)
+                   for image in batch]
         resized = np.stack([resize_square(pixels, side) for pixels, _ in decoded])
         batch_maps = anomaly_maps(model, resized, geometry, device)
+        check_finite_maps(batch_maps, model_name, [image.path for image in batch])
         for offset, ((_, native_mask), side_map) in enumerate(
             zip(decoded, batch_maps, strict=True)
         ):
             index = start + offset
+            if batch[offset].label == 1 and native_mask is not None and not native_mask.any():
+                empty.append(batch[offset].path)
             side_mask = None
             if native_mask is None:
                 metric_map = side_map
@@ -117,6 +140,7 @@ def score_testset(
         maps=maps if testset.has_masks else None,
         masks=masks if testset.has_masks else None,
         pictures=pictures,
+        empty_masks=empty,
     )
 
 
@@ -131,6 +155,7 @@ def metrics_row(testset: TestSet, scored: ScoredSet) -> dict[str, Any]:
         "pixel_auroc": float("nan"),
         "pixel_ap": float("nan"),
         "aupro": float("nan"),
+        "defect_images_with_empty_mask": len(scored.empty_masks) if testset.has_masks else None,
     }
     if scored.maps is not None:
         row["pixel_auroc"] = auroc(scored.maps, scored.masks)
@@ -148,6 +173,28 @@ def write_set_pictures(out: Path, testset: TestSet, scored: ScoredSet) -> None:
         caption = f"{item.defect} score {scored.scores[index]:.4f}"
         path = out / "maps" / testset.name / item.defect / f"{item.path.stem}.png"
         write_picture(path, overlay_panel(image, side_map, side_mask, caption))
+
+
+def warn(message: str, warnings: list[str]) -> None:
+    """Print ``warning: message`` on stderr and keep it for metrics.json's ``warnings``."""
+    print(f"warning: {message}", file=sys.stderr)
+    warnings.append(message)
+
+
+def empty_mask_warning(testset: TestSet, scored: ScoredSet) -> str | None:
+    """The warning for defect images of the set whose masks are all zero, if any."""
+    if not scored.empty_masks:
+        return None
+    return (f"{testset.name}: {len(scored.empty_masks)} of {testset.n_defect} defect images "
+            f"have a mask with no defect pixel (first: {scored.empty_masks[0]}); they count "
+            "as defect-free pixels in the pixel metrics (metrics.json: "
+            "defect_images_with_empty_mask)")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that exists and is not a folder."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
 
 
 def set_curves(testset: TestSet, scored: ScoredSet) -> Curves:
@@ -183,13 +230,22 @@ def evaluate(
     names = [t.name for t in testsets]
     if len(set(names)) != len(names):
         raise UserError(f"test sets must have distinct names, got {names}")
+    out = Path(out)
+    check_out(out)
+    for testset in testsets:
+        check_files(testset)
     run = load_run(model, device)
     net, config, geometry, channels, torch_device = (
         run.net, run.config, run.geometry, run.channels, run.device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)  # a failed run must not look finished
 
-    rows, curves = {}, []
+    rows, curves, warnings = {}, [], []
+    for testset in testsets:  # the first image of each set stands for its bit depth
+        mismatch = depth_mismatch(testset.images[0].path, run.white_level)
+        if mismatch:
+            warn(mismatch, warnings)
     bar = progress_bar("images")
     bar.disable = not progress
     with bar:
@@ -199,8 +255,12 @@ def evaluate(
             scored = score_testset(
                 net, testset, geometry=geometry, channels=channels, protocol=protocol,
                 device=torch_device, batch_size=batch_size, max_pictures=max_pictures,
+                white_level=run.white_level, model_name=model,
                 advance=lambda n: bar.advance(task, n),
             )
+            empty = empty_mask_warning(testset, scored)
+            if empty:
+                warn(empty, warnings)
             rows[testset.name] = metrics_row(testset, scored)
             write_set_pictures(out, testset, scored)
             curves.append(set_curves(testset, scored))
@@ -214,9 +274,11 @@ def evaluate(
             "preset": (config.get("settings") or {}).get("preset"),
             "kind": (config.get("settings") or {}).get("kind"),
             "channels": channels,
+            "white_level": run.white_level,
             "geometry": geometry.record(),
         },
         "fpr_limit": FPR_LIMIT,
+        "warnings": warnings,
         "categories": rows,
         "mean": mean_row(list(rows.values())),
         "settings": {"device": str(torch_device), "batch_size": batch_size,
@@ -224,6 +286,6 @@ def evaluate(
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_tables(result, out)
     write_curves(out / "curves.png", curves, FPR_LIMIT)
+    write_tables(result, out)  # metrics.json last: the mark of a finished evaluation
     return result

@@ -11,10 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+
+from nsa.errors import writing
 
 #: Our metrics, in table order, with their column titles.
 METRICS = {
@@ -59,6 +62,9 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n_good": sum(row["n_good"] for row in rows),
         "n_defect": sum(row["n_defect"] for row in rows),
     }
+    empty = [row.get("defect_images_with_empty_mask") for row in rows]
+    mean["defect_images_with_empty_mask"] = (
+        sum(empty) if empty and all(n is not None for n in empty) else None)
     for metric in METRICS:
         values = [row[metric] for row in rows]
         mean[metric] = None if any(v is None for v in values) else sum(values) / len(values)
@@ -93,12 +99,14 @@ def to_json_value(value: Any) -> Any:
 
 
 def write_tables(result: dict[str, Any], out: Path) -> list[Path]:
-    """Write metrics.json, metrics.csv and metrics.md for ``result`` into ``out``."""
+    """Write metrics.csv, metrics.md and, last and atomically, metrics.json into ``out``.
+
+    A failed write (e.g. no space left) raises a one-line error naming the file.
+    """
     out = Path(out)
     json_path, csv_path, md_path = out / "metrics.json", out / "metrics.csv", out / "metrics.md"
-    json_path.write_text(json.dumps(to_json_value(result), indent=2) + "\n")
     rows = _table_rows(result)
-    with open(csv_path, "w", newline="") as handle:
+    with writing(csv_path), open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             ["category", "n_good", "n_defect", *METRICS, *(f"paper_{m}" for m in PAPER_METRICS)]
@@ -110,8 +118,22 @@ def write_tables(result: dict[str, Any], out: Path) -> list[Path]:
                 + [_csv_number(row[m]) for m in METRICS]
                 + [_csv_number(paper.get(m)) for m in PAPER_METRICS]
             )
-    md_path.write_text(markdown(result))
+    with writing(md_path):
+        md_path.write_text(markdown(result))
+    write_text_atomic(json_path, json.dumps(to_json_value(result), indent=2) + "\n")
     return [json_path, csv_path, md_path]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it to ``path``, so
+    that ``path`` is never seen half-written; errors name ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with writing(path):
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -139,6 +161,11 @@ def markdown(result: dict[str, Any]) -> str:
         if name == "mean":
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
+    empty = [(name, row.get("defect_images_with_empty_mask")) for name, row in rows
+             if name != "mean" and row.get("defect_images_with_empty_mask")]
+    if empty:
+        lines += ["", "Defect images whose mask has no defect pixel (their pixels count as "
+                  "defect-free): " + ", ".join(f"{name} {n}" for name, n in empty) + "."]
     return "\n".join(lines) + "\n"
 
 

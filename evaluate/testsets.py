@@ -5,6 +5,9 @@ wrong layout is reported before any model runs. Finders:
 
 - :func:`mvtec_testset`: ``C/test/good``, ``C/test/<defect>/``, masks at
   ``C/ground_truth/<defect>/<name>_mask.png``; a defect image without its mask is an error.
+
+Image files and masks are recognised by :mod:`nsa.generate.images`' one rule (any format
+OpenCV decodes, suffix in any letter case; a mask ``<stem>_mask.<any image suffix>``).
 - :func:`chestxray_testset`: two image lists (normal, anomalous), image level only; files
   are found by ``nsa-gen``'s own rule (:func:`nsa.generate.sources.chestxray_source`).
 - :func:`folder_testset`: one folder of good images and any number of defect folders,
@@ -20,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from nsa.generate.images import read_image
-from nsa.generate.sources import IMAGE_SUFFIXES, chestxray_source, elpv_split
+from nsa.generate.images import find_mask, image_files, mask_names_tried, read_image, read_mask
+from nsa.generate.sources import chestxray_source, elpv_split
 
 from nsa.errors import UserError
 
@@ -77,17 +80,6 @@ class TestSet:
         return self
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name; UserError when none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
 def mvtec_testset(root: str | Path, category: str) -> TestSet:
     """The test split of one MVTec AD category under ``root``."""
     base = Path(root) / category
@@ -101,9 +93,11 @@ def mvtec_testset(root: str | Path, category: str) -> TestSet:
     defects = sorted(p for p in test.iterdir() if p.is_dir() and p.name != GOOD)
     for folder in defects:
         for path in image_files(folder):
-            mask = base / "ground_truth" / folder.name / f"{path.stem}_mask.png"
-            if not mask.is_file():
-                raise UserError(f"{path}: defect image without its mask {mask}")
+            truth = [base / "ground_truth" / folder.name]
+            mask = find_mask(path, truth)
+            if mask is None:
+                raise UserError(f"{path}: defect image without a mask; looked for "
+                                f"{mask_names_tried(path, truth)}")
             images.append(TestImage(path, 1, folder.name, mask))
     return TestSet(
         name=category, description=f"MVTec AD {category} test split in {Path(root)}",
@@ -150,8 +144,9 @@ def folder_testset(
 ) -> TestSet:
     """Good images in one folder against defective images in ``defects`` folders.
 
-    With ``masks``, every defect image needs a mask named ``<stem>_mask.png`` or
-    ``<stem>.png``, in ``masks/<defect folder name>/`` or directly in ``masks/``.
+    With ``masks``, every defect image needs a mask named ``<stem>_mask.<suffix>`` or
+    ``<stem>.<suffix>`` (any image suffix, any letter case), in
+    ``masks/<defect folder name>/`` or directly in ``masks/``.
     """
     good = Path(good)
     if not defects:
@@ -172,14 +167,12 @@ def folder_testset(
 
 
 def _find_mask(masks: Path, defect: str, image: Path) -> Path:
-    candidates = [
-        masks / defect / f"{image.stem}_mask.png", masks / defect / f"{image.stem}.png",
-        masks / f"{image.stem}_mask.png", masks / f"{image.stem}.png",
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"{image}: defect image without a mask (looked for {candidates[0]} etc.)")
+    folders = [masks / defect, masks]
+    mask = find_mask(image, folders)
+    if mask is None:
+        raise UserError(f"{image}: defect image without a mask; looked for "
+                        f"{mask_names_tried(image, folders)}")
+    return mask
 
 
 def elpv_testset(cell_type: str) -> TestSet:
@@ -195,20 +188,39 @@ def elpv_testset(cell_type: str) -> TestSet:
     ).check()
 
 
+def check_files(testset: TestSet) -> None:
+    """Refuse, before anything is written, a set naming an empty (0-byte) or unreadable
+    image or mask file: one UserError naming it. (Decoding errors inside a file that is
+    not empty are found when it is read.)"""
+    for image in testset.images:
+        for path in (image.path, image.mask):
+            if path is None:
+                continue
+            try:
+                size = path.stat().st_size
+            except OSError as exc:
+                raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+            if size == 0:
+                raise UserError(f"{path}: empty file (0 bytes), not an image")
+
+
 def read_test_image(
-    image: TestImage, channels: int, has_masks: bool
+    image: TestImage, channels: int, has_masks: bool, white_level: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode one test image at its native size and its ground truth as a bool map.
 
+    The image is (H, W, ``channels``) uint8, scaled by ``white_level`` as the run's
+    training images were (:func:`nsa.generate.images.read_image`). A mask pixel is a
+    defect iff the mask holds a non-zero value there (:func:`nsa.generate.images.read_mask`).
     Good images of a set with masks get an all-false map. A mask of another size than its
     image is a UserError naming both.
     """
-    pixels = read_image(image.path, channels=channels)
+    pixels = read_image(image.path, channels=channels, white_level=white_level)
     if not has_masks:
         return pixels, None
     if image.mask is None:
         return pixels, np.zeros(pixels.shape[:2], dtype=bool)
-    mask = read_image(image.mask, channels=1)[..., 0] > 127
+    mask = read_mask(image.mask)
     if mask.shape != pixels.shape[:2]:
         raise UserError(
             f"{image.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "

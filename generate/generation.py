@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 from nsa.generate import shards
-from nsa.generate.images import load_images
+from nsa.generate.anomaly_rate import check_anomaly_rate
+from nsa.generate.images import read_images, with_white_level
 from nsa.generate.presets import preset_names, resolve_settings
 from nsa.generate.sources import Source
 from nsa.generate.synthesis import SKIP_REASONS, Example, SourceSet, make_example, prepare_sources
@@ -209,8 +210,9 @@ def _generate_locked(source: Source, out: Path, settings: dict[str, Any], n: int
     preset = settings["preset"]
     _check_out(out, resume, overwrite)
 
-    images = load_images(source.files, settings["size"], progress=progress)
-    sources = prepare_sources(images, settings)
+    loaded = read_images(source.files, settings["size"], progress=progress)
+    settings = with_white_level(settings, loaded.white_level)
+    sources = prepare_sources(loaded.images, settings)
     height, width, channels = sources.shape
     wanted = {
         "preset": preset, "settings": settings, "seed": seed, "n": n,
@@ -222,6 +224,7 @@ def _generate_locked(source: Source, out: Path, settings: dict[str, Any], n: int
     if not store.complete:
         with ray_session(address, workers if address is None else None):
             run_chunks(store, sources, settings, seed, workers, progress)
+        check_anomaly_rate(store)
         _finish(store)
 
 

@@ -1,7 +1,8 @@
 """Where the normal images come from: MVTec AD, NIH ChestX-ray14 lists, any folder, ELPV.
 
-A :class:`Source` is only a list of image files plus what to call them; reading and
-resizing is :mod:`nsa.generate.images`' job. Every constructor checks what it can before
+A :class:`Source` is only a list of image files plus what to call them; what counts as an
+image file (any format OpenCV decodes, suffix in any letter case), reading and resizing
+are :mod:`nsa.generate.images`' job. Every constructor checks what it can before
 any work starts (the root exists, the category exists, the list names existing files, the
 folder holds images) and raises a one-line :class:`~nsa.errors.UserError` otherwise.
 
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from nsa.generate.images import image_files
+
 from nsa.errors import UserError
 
-#: File name endings ``folder_source`` treats as images (compared in lower case).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ELPV_TYPES = ("mono", "poly")
 ELPV_SPLITS = ("train", "test_good", "test_defect")
 #: ELPV cells with at least this defect probability are the defective test images.
@@ -76,16 +77,18 @@ def _existing_dir(root: Path | str, what: str) -> Path:
 
 
 def mvtec_source(root: Path | str, category: str) -> Source:
-    """Training images of one MVTec AD category: ``root/category/train/good/*.png``."""
+    """Training images of one MVTec AD category: every image file in
+    ``root/category/train/good/`` (``*.png`` in the release; any image format here)."""
     root = _existing_dir(root, "MVTec root")
     if not (root / category).is_dir():
         found = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir())
         hint = f"; categories found: {', '.join(found)}" if found else "; no categories found"
         raise SourceError(f"{root}: no category {category!r}{hint}")
     good = root / category / "train" / "good"
-    files = sorted(good.glob("*.png")) if good.is_dir() else []
-    if not files:
-        raise SourceError(f"{good}: no training images (*.png)")
+    try:
+        files = image_files(good)
+    except UserError as exc:
+        raise SourceError(f"no training images: {exc}") from None
     return Source("mvtec", f"MVTec AD {category} train/good under {root}", files, category)
 
 
@@ -119,12 +122,14 @@ def chestxray_source(root: Path | str, list_file: Path | str) -> Source:
 
 
 def folder_source(root: Path | str) -> Source:
-    """Every image file below ``root`` (recursive; png, jpg, bmp, tif), sorted by path."""
+    """Every image file below ``root`` (recursive; any image file, see
+    :func:`nsa.generate.images.is_image_file`), sorted by
+    path."""
     root = _existing_dir(root, "image folder")
-    files = sorted(p for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise SourceError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    try:
+        files = image_files(root, recursive=True)
+    except UserError as exc:
+        raise SourceError(str(exc)) from None
     return Source("folder", f"images under {root}", files, None)
 
 

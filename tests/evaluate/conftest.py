@@ -118,7 +118,7 @@ def sample_image():
     return _sample_image
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_mvtec():
     """Factory: make_mvtec(root, category="widget", n_good=3, defects=..., side=80)."""
     return _make_mvtec

@@ -33,8 +33,29 @@ def test_mvtec_testset_labels_good_and_defect_images_with_their_masks(
 def test_mvtec_testset_names_a_defect_image_without_its_mask(tmp_path: Path, make_mvtec) -> None:
     make_mvtec(tmp_path)
     (tmp_path / "widget" / "ground_truth" / "dent" / "001_mask.png").unlink()
-    with pytest.raises(UserError, match=r"dent/001\.png: defect image without its mask"):
+    with pytest.raises(UserError, match=r"dent/001\.png: defect image without a mask; looked "
+                       r"for 001_mask\.<image suffix> or 001\.<image suffix> .* in .*/dent"):
         mvtec_testset(tmp_path, "widget")
+
+
+@pytest.mark.parametrize("image_suffix, mask_suffix", [
+    (".PNG", ".PNG"), (".jpg", "jpg"), (".png", ".jpg"), (".JPEG", ".Tif"), (".bmp", ".webp"),
+])
+def test_mvtec_images_and_masks_in_any_format_and_case_are_found(
+    tmp_path: Path, sample_image, write_png, image_suffix: str, mask_suffix: str
+) -> None:
+    """The issue's case: `_mask.PNG` and `_mask.jpg` were "defect image without a mask"."""
+    mask_suffix = "." + mask_suffix.lstrip(".")
+    base = tmp_path / "widget"
+    write_png(base / "test" / "good" / f"000{image_suffix}", sample_image(0)[0])
+    image, mask = sample_image(1, defect=True)
+    write_png(base / "test" / "crack" / f"000{image_suffix}", image)
+    write_png(base / "ground_truth" / "crack" / f"000_mask{mask_suffix}", mask)
+    testset = mvtec_testset(tmp_path, "widget")
+    assert (testset.n_good, testset.n_defect) == (1, 1)
+    assert testset.images[1].mask == base / "ground_truth" / "crack" / f"000_mask{mask_suffix}"
+    _, truth = read_test_image(testset.images[1], channels=3, has_masks=True)
+    assert (truth == (mask > 0)).all()  # JPEG's ringing (values 1..5 here) is not a defect
 
 
 def test_mvtec_testset_explains_the_expected_layout(tmp_path: Path) -> None:
@@ -98,7 +119,8 @@ def test_folder_testset_names_a_defect_image_without_a_mask(
     write_png(tmp_path / "ok" / "g.png", sample_image(0)[0])
     write_png(tmp_path / "bad" / "b.png", sample_image(1, defect=True)[0])
     (tmp_path / "masks").mkdir()
-    with pytest.raises(UserError, match=r"b\.png: defect image without a mask"):
+    with pytest.raises(UserError, match=r"b\.png: defect image without a mask; looked for "
+                       r"b_mask\.<image suffix> or b\.<image suffix>"):
         folder_testset(tmp_path / "ok", [tmp_path / "bad"], tmp_path / "masks")
 
 

@@ -6,7 +6,10 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+from nsa.generate.cli import app as gen_app
 from nsa.generate.sources import (
     ELPV_DEFECT_PROBABILITY,
     SourceError,
@@ -17,6 +20,7 @@ from nsa.generate.sources import (
     folder_source,
     mvtec_source,
 )
+from typer.testing import CliRunner
 
 CATEGORY = "bottle"  # the category of the session fixture tree (tests/conftest.py)
 
@@ -115,3 +119,36 @@ def test_elpv_source_trains_on_the_train_split_only():
 def test_elpv_unknown_cell_type_is_refused():
     with pytest.raises(SourceError, match="'thin'"):
         elpv_source("thin")
+
+
+@pytest.mark.parametrize("names", [("a.jpg", "b.JPG", "c.jpeg"), ("a.PNG", "b.png", "c.Tiff")])
+def test_mvtec_training_images_in_any_format_and_case_are_taken(tmp_path, names):
+    """The issue's case: train/good/*.jpg and *.PNG were "no training images (*.png)"."""
+    good = tmp_path / "widget" / "train" / "good"
+    good.mkdir(parents=True)
+    for name in (*names, "notes.txt"):
+        (good / name).write_bytes(b"x")
+    assert [p.name for p in mvtec_source(tmp_path, "widget").files] == sorted(names)
+
+
+def test_mvtec_without_training_images_says_what_it_looked_for(tmp_path):
+    (tmp_path / "widget" / "train" / "good").mkdir(parents=True)
+    with pytest.raises(SourceError, match=r"no training images: .*good: no images .*jpg"):
+        mvtec_source(tmp_path, "widget")
+
+
+@pytest.mark.parametrize("command", ["folder", "mvtec"])
+def test_nsa_gen_names_an_empty_image_file_before_writing_anything(tmp_path, command):
+    """A zero-byte PNG among the sources ended in an OpenCV traceback naming no file."""
+    good = tmp_path / "widget" / "train" / "good"
+    good.mkdir(parents=True)
+    assert cv2.imwrite(str(good / "a.png"), np.full((32, 32), 90, np.uint8))
+    (good / "b.png").write_bytes(b"")
+    where = ["--root", str(good)] if command == "folder" else [
+        "--root", str(tmp_path), "--category", "widget"]
+    result = CliRunner().invoke(gen_app, [command, *where, "--preset", "elpv", "--n", "4",
+                                          "--out", str(tmp_path / "out.zarr"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: {good / 'b.png'}: empty file (0 bytes), not an image"]
+    assert not (tmp_path / "out.zarr").exists()
