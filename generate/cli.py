@@ -104,7 +104,7 @@ def mvtec(root: Root, category: Category, n: N, out: Out, preset: Preset = None,
           resume: Resume = False, overwrite: Overwrite = False, size: Size = None,
           chunk_size: ChunkSize = shards.DEFAULT_CHUNK_SIZE, settings: Set = None,
           quiet: Quiet = False) -> None:
-    """MVTec AD: training images root/CATEGORY/train/good/*.png."""
+    """MVTec AD: training images root/CATEGORY/train/good/ (any image format, any case)."""
     with cli_errors():
         _generate(mvtec_source(root, category), n, out, preset, seed, workers, address,
                   resume, overwrite, size, chunk_size, settings, quiet)
@@ -128,7 +128,7 @@ def folder(root: Root, n: N, out: Out, preset: Preset = None, seed: Seed = 0,
            overwrite: Overwrite = False, size: Size = None,
            chunk_size: ChunkSize = shards.DEFAULT_CHUNK_SIZE, settings: Set = None,
            quiet: Quiet = False) -> None:
-    """Any folder of normal images (png, jpg, bmp, tif; recursive); needs --preset."""
+    """Any folder of normal images (every format OpenCV decodes; recursive); needs --preset."""
     with cli_errors():
         _generate(folder_source(root), n, out, preset, seed, workers, address, resume,
                   overwrite, size, chunk_size, settings, quiet)
