@@ -333,6 +333,7 @@ class Store:
             "bytes": size,
             "created": self.attrs.get("created"),
             "versions": self.attrs.get("versions", {}),
+            "warnings": list(self.attrs.get("warnings", [])),
         }
 
     def mark_complete(self) -> None:
@@ -459,6 +460,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                       if written else ""),
         "created": summary["created"],
         "versions": ", ".join(f"{k} {v}" for k, v in summary["versions"].items()),
+        "warnings": "; ".join(summary.get("warnings", [])) or "-",
     }
     width = max(map(len, lines))
     return "\n".join(f"{key + ':':<{width + 1}} {value}" for key, value in lines.items())
