@@ -20,6 +20,8 @@ from nsa.train.cli import app
 from nsa.train.trainer import TrainConfig, train
 from typer.testing import CliRunner
 
+from nsa.errors import UserError
+
 runner = CliRunner()
 FAST = {"batch_size": 8, "loader_workers": 0, "threads": 1, "progress": False, "log_every": 1}
 QUICK = ["--batch-size", "8", "--loader-workers", "0", "--threads", "1", "--no-progress",
@@ -152,12 +154,12 @@ def _can_mount() -> bool:
 
 @pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs")
 def test_a_small_dev_shm_gives_the_same_training_through_a_pipe(tmp_path, make_store):
-    store = make_store(tmp_path / "s.zarr", n=128, chunk_size=16)
-    options = {"steps": 4, "batch_size": 16, "loader_workers": 2, "threads": 1,
+    store = make_store(tmp_path / "s.zarr", n=64, chunk_size=16)
+    options = {"steps": 2, "batch_size": 16, "loader_workers": 2, "threads": 1,
                "progress": False, "log_every": 1, "checkpoint_every": 100}
     normal = train(TrainConfig(shards=[str(store)], out=str(tmp_path / "normal"), **options))
     small = tmp_path / "small"
-    args = ["--shards", str(store), "--out", str(small), "--steps", "4", "--batch-size", "16",
+    args = ["--shards", str(store), "--out", str(small), "--steps", "2", "--batch-size", "16",
             "--loader-workers", "2", "--threads", "1", "--no-progress", "--log-every", "1",
             "--checkpoint-every", "100"]
     result = _in_small_shm(args, "200k")  # the loader holds 10 batches of 32 kB at once
@@ -235,7 +237,7 @@ def test_bad_inputs_are_one_line(tmp_path, tiny_store, stopped_run):
     config = json.loads((run / "config.json").read_text())
     config["channels"] = 3
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(Exception, match="weights do not fit the model of its run"):
+    with pytest.raises(UserError, match="weights do not fit the model of its run"):
         load_model(run)
 
 
