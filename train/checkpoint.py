@@ -10,6 +10,7 @@ file system), so a run killed at any moment keeps the previous complete file.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -38,9 +39,73 @@ def write_atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files that runs killed mid-write left in ``run_dir`` (those of
+    :func:`write_atomic` whose process is gone); return them."""
+    removed = []
+    for name in (CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE):
+        for tmp in Path(run_dir).glob(f".{name}.tmp*"):
+            pid = tmp.name.rpartition(".tmp")[2]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` (with its newline) to ``path`` whole or not at all: when the write
+    fails (no space left), the file is cut back to its old length and the OSError raised."""
+    data = line.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``. A torn last line (a write cut short by a kill or a
+    full disk) is dropped; an unreadable line before it is a UserError naming the line."""
+    lines = Path(path).read_text().split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):  # no newline after it: the last write was cut
+                break
+            raise UserError(f"{path}: line {number} is not JSON") from None
+    return rows
+
+
 def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically."""
-    write_atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` to ``path`` atomically. Serialised in memory first: torch's own
+    file writer turns a full disk into a RuntimeError ("unexpected pos"), a plain write
+    gives the OSError (ENOSPC) that says what happened."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(Path(path), lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def write_json(data: Any, path: Path) -> None:
@@ -83,7 +148,20 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
             f"{run_dir}: no trained model ({MODEL_FILE}); training did not finish, "
             f"continue it with `nsa-train --resume {run_dir}`"
         )
-    state = load_state(path)
     model = NSAModel(int(config["channels"]))
-    model.load_state_dict(state["model"])
+    load_weights(model, load_state(path), path)
     return model.to(device).eval(), config
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Put ``state["model"]`` into ``model``; UserError naming ``path`` when the weights
+    do not fit it (another channel count, another model) or are missing."""
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()
+        reason = detail[1].strip() if len(detail) > 1 else (detail[0] if detail else "")
+        raise UserError(
+            f"{path}: its weights do not fit the model of its run ({CONFIG_FILE}: "
+            f"{reason or exc.__class__.__name__})"
+        ) from None

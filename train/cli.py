@@ -7,11 +7,17 @@ from pathlib import Path
 import typer
 from nsa.train.trainer import TrainConfig, train
 
-from nsa.errors import cli_errors
+from nsa.errors import cli_errors, terminate_as_interrupt
 from nsa.version_option import show_version
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
+_DEFAULTS = TrainConfig()
 
+
+def _default(name: str) -> str:
+    """The default of an option, shown in --help (the options default to None so that a
+    resume can tell the ones given from the rest)."""
+    return str(getattr(_DEFAULTS, name))
 
 
 @app.command()
@@ -26,21 +32,46 @@ def main(
     ),
     epochs: int = typer.Option(None, help="Passes over the stores (give this or --steps)."),
     steps: int = typer.Option(None, help="Optimiser steps (give this or --epochs)."),
-    batch_size: int = typer.Option(64, help="Global batch, split across --num-workers."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate at the start."),
-    min_lr: float = typer.Option(1e-6, help="Learning rate at the end (cosine schedule)."),
-    seed: int = typer.Option(0, help="Seed of weights, data order and augmentation."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(
+        None, show_default=_default("batch_size"), help="Global batch, split across --num-workers.",
+    ),
+    lr: float = typer.Option(
+        None, show_default=_default("lr"), help="Adam learning rate at the start.",
+    ),
+    min_lr: float = typer.Option(
+        None, show_default=_default("min_lr"), help="Learning rate at the end (cosine schedule).",
+    ),
+    seed: int = typer.Option(
+        None, show_default=_default("seed"), help="Seed of weights, data order and augmentation.",
+    ),
+    device: str = typer.Option(
+        None, show_default=_default("device"), help="auto, cpu or cuda.",
+    ),
     threads: int = typer.Option(None, help="CPU threads per worker (default: all cores)."),
-    loader_workers: int = typer.Option(2, help="DataLoader processes per worker."),
-    shuffle_chunks: int = typer.Option(8, help="Chunks per shuffle buffer."),
-    checkpoint_every: int = typer.Option(200, help="Steps between checkpoints."),
-    log_every: int = typer.Option(10, help="Steps between metrics.jsonl lines."),
-    predictions: int = typer.Option(4, help="Training examples in predictions.png."),
-    num_workers: int = typer.Option(1, help="Ray Train workers (DDP); 1 trains here."),
+    loader_workers: int = typer.Option(
+        None, show_default=_default("loader_workers"),
+        help="DataLoader processes per worker (fewer when the stores cannot feed them).",
+    ),
+    shuffle_chunks: int = typer.Option(
+        None, show_default=_default("shuffle_chunks"), help="Chunks per shuffle buffer.",
+    ),
+    checkpoint_every: int = typer.Option(
+        None, show_default=_default("checkpoint_every"), help="Steps between checkpoints.",
+    ),
+    log_every: int = typer.Option(
+        None, show_default=_default("log_every"), help="Steps between metrics.jsonl lines.",
+    ),
+    predictions: int = typer.Option(
+        None, show_default=_default("predictions"), help="Training examples in predictions.png.",
+    ),
+    num_workers: int = typer.Option(
+        None, show_default=_default("num_workers"), help="Ray Train workers (DDP); 1 trains here.",
+    ),
     address: str = typer.Option(None, help="Ray cluster address (default: start a local Ray)."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool = typer.Option(
+        None, show_default="progress", help="Show a progress bar.",
+    ),
     version: bool = typer.Option(
         False, "--version", callback=show_version, is_eager=True, help="Print the version."
     ),
@@ -48,18 +79,20 @@ def main(
     """Train the NSA model on pre-computed shard stores (nsa-gen); writes a run directory
     with checkpoints, config.json, metrics.jsonl, loss.png and predictions.png."""
     with cli_errors():
+        terminate_as_interrupt()
         stores = [str(p) for p in [*(shards or []), *(more_shards or [])]]
-        config = TrainConfig(
-            shards=stores, out=str(out) if out else None,
-            resume=str(resume) if resume else None, epochs=epochs, steps=steps,
-            batch_size=batch_size, lr=lr, min_lr=min_lr, seed=seed, device=device,
-            threads=threads, loader_workers=loader_workers, shuffle_chunks=shuffle_chunks,
-            checkpoint_every=checkpoint_every, log_every=log_every, predictions=predictions,
-            num_workers=num_workers, address=address, overwrite=overwrite, progress=progress,
-        )
-        run_dir = train(config)
+        options = {
+            "shards": stores or None, "out": str(out) if out else None,
+            "resume": str(resume) if resume else None, "epochs": epochs, "steps": steps,
+            "batch_size": batch_size, "lr": lr, "min_lr": min_lr, "seed": seed,
+            "device": device, "threads": threads, "loader_workers": loader_workers,
+            "shuffle_chunks": shuffle_chunks, "checkpoint_every": checkpoint_every,
+            "log_every": log_every, "predictions": predictions, "num_workers": num_workers,
+            "address": address, "overwrite": overwrite or None, "progress": progress,
+        }
+        given = {name: value for name, value in options.items() if value is not None}
+        run_dir = train(TrainConfig(**given), given=set(given))
         print(run_dir)
-
 
 if __name__ == "__main__":
     app()

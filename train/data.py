@@ -20,7 +20,10 @@ Why it is built this way:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 # Domain tags keep the generators of different purposes apart for the same seed.
 _CHUNK_ORDER, _WINDOW_ORDER, _AUGMENT = 0, 1, 2
+#: Batches each loader process prepares ahead.
+PREFETCH = 4
+#: Where torch puts the tensors loader processes hand over.
+SHARED_MEMORY = "/dev/shm"
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class StoreInfo:
     preset: str | None
     settings: dict[str, Any] = field(hash=False)
     augment: AugmentSpec = field(hash=False)
+    fingerprint: str = ""
 
     @property
     def chunk_lengths(self) -> list[int]:
@@ -62,7 +70,28 @@ class StoreInfo:
             "path": self.path, "seed": self.seed, "preset": self.preset, "n": self.n,
             "chunk_size": self.chunk_size, "height": self.height, "width": self.width,
             "channels": self.channels, "settings": self.settings,
+            "fingerprint": self.fingerprint,
         }
+
+
+#: Store attributes that decide its content (besides the chunks' checksums).
+_CONTENT_ATTRS = ("n", "chunk_size", "height", "width", "channels", "seed", "preset",
+                  "settings", "source")
+
+
+def store_fingerprint(store: Store) -> str:
+    """SHA-256 (hex) of what a store holds: its settings, seed, source files (with their
+    hashes) and the SHA-256 of every chunk. Two stores with the same fingerprint hold the
+    same examples; reading it costs one small array, not the data."""
+    digest = hashlib.sha256()
+    content = {name: store.attrs.get(name) for name in _CONTENT_ATTRS}
+    digest.update(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
+    try:
+        checksums = np.asarray(store.group["checksums"][:], dtype=np.uint8)
+    except Exception as exc:  # zarr/numcodecs raise many types for a damaged array
+        raise StoreError(f"{store.path}: chunk checksums unreadable ({exc})") from exc
+    digest.update(np.ascontiguousarray(checksums).tobytes())
+    return digest.hexdigest()
 
 
 def open_training_stores(paths: Sequence[str | Path]) -> list[StoreInfo]:
@@ -89,6 +118,7 @@ def open_training_stores(paths: Sequence[str | Path]) -> list[StoreInfo]:
             seed=store.attrs.get("seed"), preset=store.attrs.get("preset"),
             settings=settings,
             augment=AugmentSpec.from_settings(settings, store.height, store.width),
+            fingerprint=store_fingerprint(store),
         ))
     first = infos[0]
     for info in infos[1:]:
@@ -154,18 +184,26 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         augment_in_loader: bool = True,
+        processes: int | None = None,
     ) -> None:
         super().__init__()
         self.stores = list(stores)
         self.seed = seed
         self.batch_size = batch_size
         self.shuffle_chunks = max(1, shuffle_chunks)
-        self.loader_processes = loader_workers
-        self.loader_workers = max(1, loader_workers)  # streams per rank: 0 processes read as 1
+        self.loader_workers = max(1, loader_workers)  # streams per rank: 0 reads as 1
+        # DataLoader processes: the streams' own count, or 0 to read every stream in the
+        # training process; the batches and their order are the same either way.
+        self.loader_processes = loader_workers if processes is None else processes
+        if self.loader_processes not in (0, self.loader_workers):
+            raise ValueError("processes must be 0 or the number of streams")
         self.rank = rank
         self.world_size = world_size
         self.augment_in_loader = augment_in_loader
         self.out_size = self.stores[0].augment.output_size
+        #: Send batches from loader processes as numpy arrays through a pipe rather
+        #: than as tensors in shared memory (see :func:`shared_memory_fits`).
+        self.through_pipe = False
         self.epoch = 0
         self.skip = 0
         self._open: dict[int, Store] = {}
@@ -181,26 +219,38 @@ class ShardStream(IterableDataset):
         """Batches this rank's loader yields in ``epoch`` (the same on every rank)."""
         return self.plan(epoch).batches_per_stream * self.loader_workers
 
+    def batch_bytes(self) -> int:
+        """Bytes of one batch as it leaves the loader (uint8 stack plus parameters)."""
+        store = self.stores[0]
+        h, w = self.out_size if self.augment_in_loader else (store.height, store.width)
+        extra = 0 if self.augment_in_loader else self.batch_size * 5 * 8
+        return self.batch_size * (store.channels + 1) * h * w + extra
+
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Start the next iteration at ``epoch``, after its first ``skip`` batches."""
         self.epoch = epoch
         self.skip = skip
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        # Batch s of the epoch is batch s // W of local stream s % W. The DataLoader asks
+        # its P processes round-robin, starting with process 0 at batch `skip`, so
+        # process i serves batches skip + i, skip + i + P, ... (P = 1 in-process). P is 0
+        # or W, so each stream's batches come from one process, in order.
         info = get_worker_info()
-        worker = 0 if info is None else info.id
-        if info is not None and info.num_workers != self.loader_workers:
-            raise RuntimeError("DataLoader num_workers differs from the plan's loader_workers")
-        # Batch s of the epoch comes from local stream s % W. The DataLoader asks its
-        # workers round-robin from worker 0, so after skipping `skip` batches worker i
-        # serves local stream (i + skip) % W, which has yielded ceil((skip - that) / W).
-        local = (worker + self.skip) % self.loader_workers
-        skip_mine = (self.skip - local + self.loader_workers - 1) // self.loader_workers
-        stream = self.rank * self.loader_workers + local
+        worker, processes = (0, 1) if info is None else (info.id, info.num_workers)
+        if info is not None and info.num_workers != self.loader_processes:
+            raise RuntimeError("DataLoader num_workers differs from the planned processes")
         plan = self.plan(self.epoch)
+        streams = self.loader_workers
+        local: dict[int, Iterator[dict[str, Any]]] = {}
         try:
-            yield from self._batches(plan.streams[stream], stream, plan.batches_per_stream,
-                                     max(0, skip_mine))
+            for s in range(self.skip + worker, streams * plan.batches_per_stream, processes):
+                j, k = s % streams, s // streams
+                if j not in local:
+                    stream = self.rank * streams + j
+                    local[j] = self._batches(plan.streams[stream], stream,
+                                             plan.batches_per_stream, k)
+                yield next(local[j])
         except StoreError as exc:
             yield {"error": str(exc)}
 
@@ -262,15 +312,56 @@ class ShardStream(IterableDataset):
         params = np.concatenate([self.stores[s].augment.draw(rng, 1) for s in owner])
         tensor = torch.from_numpy(stacked)
         if self.augment_in_loader:
-            return {"stacked": apply_augment(tensor, params, self.out_size)}
-        return {"stacked": tensor, "params": torch.from_numpy(params)}
+            batch = {"stacked": apply_augment(tensor, params, self.out_size)}
+        else:
+            batch = {"stacked": tensor, "params": torch.from_numpy(params)}
+        if self.through_pipe and get_worker_info() is not None:
+            return {key: value.numpy() for key, value in batch.items()}
+        return batch
 
 
-def make_loader(dataset: ShardStream, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over ``dataset`` with its planned number of worker processes
-    (0: read in the training process; the batches are the same as with 1)."""
+def shared_memory_fits(dataset: ShardStream, factor: int = 1,
+                       where: str | Path = SHARED_MEMORY) -> bool:
+    """Whether ``where`` (``/dev/shm``) has room for the batches the loader processes
+    hold at once (``PREFETCH`` each, plus two being used), with a quarter to spare;
+    ``factor`` such loaders share it (the DDP workers of one machine).
+
+    Torch hands a batch from a loader process to the trainer as a file there; when the
+    room runs out, the batch is lost with a traceback and the epoch silently shortened.
+    True when nothing is shared (in-process loading) or ``where`` does not exist.
+    """
+    if dataset.loader_processes == 0:
+        return True
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return True
+    held = (PREFETCH * dataset.loader_processes + 2) * dataset.batch_bytes() * factor
+    return held * 5 // 4 <= free
+
+
+def _as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+            for key, value in batch.items()}
+
+
+def _unchanged(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+def make_loader(dataset: ShardStream, pin_memory: bool = False) -> Iterable[dict[str, Any]]:
+    """The batches of ``dataset``'s current epoch, read by its planned number of loader
+    processes (0: in the training process; the batches are the same either way).
+
+    With ``dataset.through_pipe`` the processes send numpy arrays through a pipe instead
+    of shared memory; they come out as tensors all the same.
+    """
     processes = dataset.loader_processes
-    return DataLoader(
+    loader = DataLoader(
         dataset, batch_size=None, num_workers=processes, pin_memory=pin_memory,
-        prefetch_factor=4 if processes else None,
+        prefetch_factor=PREFETCH if processes else None,
+        collate_fn=_unchanged if dataset.through_pipe else None,
     )
+    if not dataset.through_pipe:
+        return loader
+    return (_as_tensors(batch) for batch in loader)

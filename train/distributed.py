@@ -45,9 +45,10 @@ def _first_user_error(exc: Exception) -> UserError | None:
 
 def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> None:
     """Run the training loop on ``config.num_workers`` Ray Train workers (DDP)."""
-    from nsa.ray_session import ray_session
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from nsa.ray_session import ray_session
 
     use_gpu = device.type == "cuda"
     run_dir = run_dir.resolve()
@@ -68,5 +69,5 @@ def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> 
         except TrainingFailedError as exc:
             user_error = _first_user_error(exc)
             if user_error is not None:
-                raise UserError(str(user_error).splitlines()[0]) from None
+                raise type(user_error)(str(user_error).splitlines()[0]) from None
             raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -13,13 +12,14 @@ import numpy as np
 import torch
 from nsa.generate.shards import open_store
 from nsa.train.augment import apply_augment
+from nsa.train.checkpoint import read_metrics
 from nsa.train.data import StoreInfo
 from nsa.train.model import NSAModel
 
 
 def plot_loss(metrics_path: Path, out: Path) -> Path:
     """Loss (log scale) and learning rate against step, from metrics.jsonl."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
+    rows = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="BCE loss")
     ax.set_xlabel("step")

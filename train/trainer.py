@@ -12,9 +12,12 @@ with the run's seed, so no global random state is read.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,13 +27,21 @@ import torch
 from nsa.generate.shards import StoreError
 from nsa.train import checkpoint as ckpt
 from nsa.train.augment import apply_augment
-from nsa.train.data import ShardStream, StoreInfo, make_loader, open_training_stores
+from nsa.train.data import (
+    PREFETCH,
+    SHARED_MEMORY,
+    ShardStream,
+    StoreInfo,
+    make_loader,
+    open_training_stores,
+    shared_memory_fits,
+)
 from nsa.train.model import NSAModel
 from nsa.train.plots import plot_loss, plot_predictions
 from torch import nn
 
 import nsa
-from nsa.errors import UserError
+from nsa.errors import CheckFailed, OutputError, UserError, writing
 from nsa.progress import progress_bar
 from nsa.versions import package_versions
 
@@ -62,10 +73,16 @@ class TrainConfig:
     address: str | None = None
     overwrite: bool = False
     progress: bool = True
+    #: Loader streams per worker, chosen at the start (``loader_workers`` or fewer when
+    #: the stores are too small to feed that many); recorded so that a resume reads the
+    #: same. Not an option.
+    loader_streams: int | None = None
 
 
 #: Settings that may differ when resuming: they change where and how fast, not what.
 RESUME_OVERRIDES = ("resume", "device", "threads", "address", "progress")
+#: Settings that only make sense for a new run.
+NEW_RUN_ONLY = ("out", "overwrite")
 
 
 def available_cores() -> int:
@@ -96,6 +113,9 @@ def check_config(config: TrainConfig) -> None:
     for name in positive:
         if getattr(config, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("lr", "min_lr"):
+        if not math.isfinite(getattr(config, name)):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number")
     if config.min_lr < 0 or config.min_lr > config.lr:
         raise UserError("--min-lr must lie between 0 and --lr")
     if config.loader_workers < 0:
@@ -110,13 +130,43 @@ def check_config(config: TrainConfig) -> None:
 
 
 def make_dataset(
-    config: TrainConfig, stores: list[StoreInfo], rank: int, world: int, device: torch.device
+    config: TrainConfig, stores: list[StoreInfo], rank: int, world: int, device: torch.device,
+    streams: int | None = None,
 ) -> ShardStream:
+    """The rank's batches: ``streams`` (default: the run's chosen ``loader_streams``) per
+    rank, read by as many loader processes, or in this process with ``--loader-workers 0``."""
+    streams = streams or config.loader_streams or max(1, config.loader_workers)
     return ShardStream(
         stores, seed=config.seed, batch_size=config.batch_size // world,
-        shuffle_chunks=config.shuffle_chunks, loader_workers=config.loader_workers,
+        shuffle_chunks=config.shuffle_chunks, loader_workers=streams,
+        processes=streams if config.loader_workers else 0,
         rank=rank, world_size=world, augment_in_loader=device.type != "cuda",
     )
+
+
+def choose_streams(config: TrainConfig, stores: list[StoreInfo], device: torch.device) -> int:
+    """The most loader streams per worker, up to ``--loader-workers``, of which each can
+    make at least one batch in the first epoch; says so in one line when that is fewer.
+
+    Raises StoreError when even one stream per worker cannot make one batch.
+    """
+    asked = max(1, config.loader_workers)
+    world = config.num_workers
+    for streams in range(asked, 0, -1):
+        dataset = make_dataset(config, stores, 0, world, device, streams)
+        if dataset.steps_in_epoch(0) > 0:
+            break
+    else:
+        shares = f" on each of {world} workers" if world > 1 else ""
+        raise StoreError(
+            f"the stores hold {sum(s.n for s in stores)} examples: too few for one batch "
+            f"of {config.batch_size // world}{shares} (lower --batch-size)"
+        )
+    if streams < asked:
+        print(f"note: the stores hold {sum(s.n for s in stores)} examples, too few for "
+              f"batches of {config.batch_size // world} in {asked} loader streams; "
+              f"reading them in {streams}", file=sys.stderr)
+    return streams
 
 
 def total_steps(config: TrainConfig, dataset: ShardStream) -> int:
@@ -150,34 +200,29 @@ def prepare_run_dir(out: str | None, overwrite: bool) -> Path:
     return run_dir
 
 
-def train(config: TrainConfig) -> Path:
-    """Train (or, with ``config.resume``, continue) a run; return its directory."""
+def train(config: TrainConfig, given: Collection[str] | None = None) -> Path:
+    """Train (or, with ``config.resume``, continue) a run; return its directory.
+
+    ``given`` names the options the user gave (the CLI knows); a resume refuses any of
+    them that would change what the run computes. ``None``: the fields of ``config``
+    that differ from their defaults.
+    """
     if config.resume:
-        run_dir = Path(config.resume)
-        saved = ckpt.read_config(run_dir)["config"]
-        known = {f.name for f in fields(TrainConfig)}
-        config = replace(
-            TrainConfig(**{k: v for k, v in saved.items() if k in known}),
-            **{name: getattr(config, name) for name in RESUME_OVERRIDES},
-        )
-        if not (run_dir / ckpt.CHECKPOINT_FILE).exists():
-            raise UserError(f"--resume {run_dir}: no checkpoint to continue from; start it anew")
+        run_dir, config = resume_config(config, given)
     check_config(config)
     device = resolve_device(config.device)
     stores = open_training_stores(config.shards)
-    dataset = make_dataset(config, stores, 0, config.num_workers, device)
-    if dataset.steps_in_epoch(0) == 0:
-        raise StoreError(
-            f"the stores hold {sum(s.n for s in stores)} examples: too few for batches of "
-            f"{dataset.batch_size} in each of {dataset.n_streams} streams "
-            "(lower --batch-size or --loader-workers)"
-        )
     if config.resume:
         check_stores_unchanged(run_dir, stores)
     else:
-        config = replace(config, shards=[store.path for store in stores])
+        config = replace(config, shards=[store.path for store in stores],
+                         loader_streams=choose_streams(config, stores, device))
+    dataset = make_dataset(config, stores, 0, config.num_workers, device)
+    if not config.resume:
         run_dir = prepare_run_dir(config.out, config.overwrite)
-        ckpt.write_json(run_record(config, stores, dataset), run_dir / ckpt.CONFIG_FILE)
+        with writing(run_dir / ckpt.CONFIG_FILE):
+            ckpt.write_json(run_record(config, stores, dataset), run_dir / ckpt.CONFIG_FILE)
+    ckpt.remove_stale_temporaries(run_dir)
     if config.num_workers > 1:
         from nsa.train.distributed import train_with_ray
 
@@ -185,20 +230,68 @@ def train(config: TrainConfig) -> Path:
     else:
         run_worker(config, run_dir, rank=0, world=1, device=device)
     model, _ = ckpt.load_model(run_dir)
-    plot_loss(run_dir / ckpt.METRICS_FILE, run_dir / LOSS_PNG)
-    plot_predictions(model, stores[0], run_dir / PREDICTIONS_PNG, config.predictions)
+    with writing(run_dir / LOSS_PNG):
+        plot_loss(run_dir / ckpt.METRICS_FILE, run_dir / LOSS_PNG)
+    with writing(run_dir / PREDICTIONS_PNG):
+        plot_predictions(model, stores[0], run_dir / PREDICTIONS_PNG, config.predictions)
     return run_dir
 
 
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_config(config: TrainConfig, given: Collection[str] | None) -> tuple[Path, TrainConfig]:
+    """The run directory and the recorded config of ``config.resume``, with the
+    where-and-how-fast settings (``RESUME_OVERRIDES``) taken from ``config``.
+
+    Raises UserError naming the option when one in ``given`` differs from the recorded
+    run (it cannot change without making another run), and when there is no checkpoint.
+    """
+    run_dir = Path(config.resume)
+    saved = ckpt.read_config(run_dir)["config"]
+    known = {f.name for f in fields(TrainConfig)}
+    recorded = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    if given is None:
+        defaults = TrainConfig()
+        given = [f.name for f in fields(TrainConfig)
+                 if getattr(config, f.name) != getattr(defaults, f.name)]
+    for name in given:
+        if name in RESUME_OVERRIDES:
+            continue
+        if name in NEW_RUN_ONLY:
+            raise UserError(f"{_option(name)} cannot go with --resume, which continues "
+                            f"{run_dir} in place")
+        value, before = getattr(config, name), getattr(recorded, name)
+        if name == "shards":
+            value = [str(Path(p).resolve()) for p in value]
+        if value != before:
+            shown = " ".join(value) if name == "shards" else value
+            was = " ".join(before) if name == "shards" else before
+            raise UserError(
+                f"{_option(name)} {shown}: {run_dir} was started with {_option(name)} {was} "
+                "and --resume continues it as it was (start a new run with --out to change it)"
+            )
+    config = replace(recorded, **{name: getattr(config, name) for name in RESUME_OVERRIDES})
+    if not (run_dir / ckpt.CHECKPOINT_FILE).exists():
+        raise UserError(f"--resume {run_dir}: no checkpoint to continue from; start it anew")
+    return run_dir, config
+
+
 def check_stores_unchanged(run_dir: Path, stores: list[StoreInfo]) -> None:
-    """Refuse to resume on stores that differ from the ones the run started with."""
+    """Refuse to resume on stores whose content differs from the ones the run started
+    with (compared by fingerprint: settings, seed, source and every chunk's checksum)."""
     recorded = ckpt.read_config(run_dir)["stores"]
     for before, store in zip(recorded, stores, strict=True):
         now = store.record()
-        if any(before[key] != now[key] for key in ("n", "seed", "chunk_size", "preset")):
+        if "fingerprint" in before:
+            same = before["fingerprint"] == now["fingerprint"]
+        else:  # a run recorded before fingerprints
+            same = all(before.get(key) == now[key] for key in now if key != "fingerprint")
+        if not same:
             raise StoreError(
-                f"{store.path}: differs from the store the run {run_dir} started with "
-                "(regenerated?); resuming on it would not continue the same run"
+                f"{store.path}: not the store the run {run_dir} started with (its examples "
+                "or settings changed since: regenerated?); resuming would mix two datasets"
             )
 
 
@@ -217,6 +310,7 @@ def run_record(config: TrainConfig, stores: list[StoreInfo], dataset: ShardStrea
         "input_width": out_w,
         "total_steps": total_steps(config, dataset),
         "steps_per_epoch": [dataset.steps_in_epoch(e) for e in range(config.epochs or 1)],
+        "loader_streams": config.loader_streams,
         "nsa_version": nsa.__version__,
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -237,11 +331,13 @@ class Run:
                  device: torch.device) -> None:
         self.config, self.run_dir, self.rank, self.device = config, run_dir, rank, device
         self.main = rank == 0
+        self.world = world
         self.cuda = device.type == "cuda"
         stores = open_training_stores(config.shards)
         self.channels = stores[0].channels
         self.out_size = stores[0].augment.output_size
         self.dataset = make_dataset(config, stores, rank, world, device)
+        self._share_batches_safely()
         self.total = total_steps(config, self.dataset)
         self.model = build_model(self.channels, config.seed).to(device)
         if self.cuda:
@@ -251,6 +347,7 @@ class Run:
             self.optimizer, T_max=self.total, eta_min=config.min_lr
         )
         self.step = self.epoch = self.position = 0
+        self.saved_step: int | None = None  # step of the checkpoint on disk, if any
         if config.resume:
             self._restore()
         self.net: nn.Module = self.model
@@ -260,36 +357,96 @@ class Run:
             )
         self.loss_fn = nn.BCEWithLogitsLoss()
 
+    def _share_batches_safely(self) -> None:
+        """Send batches through a pipe when /dev/shm is too small for the loader's."""
+        held = self.dataset.batch_bytes() * (PREFETCH * self.dataset.loader_processes + 2)
+        if shared_memory_fits(self.dataset, factor=self.world):
+            return
+        self.dataset.through_pipe = True
+        if self.main:
+            print(f"note: {SHARED_MEMORY} has too little room for the loader processes' "
+                  f"batches ({held * self.world / 2**20:.0f} MiB at once); they come "
+                  "through a pipe instead (same batches, slower; a container's --shm-size "
+                  "raises it)", file=sys.stderr)
+
     def _restore(self) -> None:
-        state = ckpt.load_state(self.run_dir / ckpt.CHECKPOINT_FILE)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        path = self.run_dir / ckpt.CHECKPOINT_FILE
+        state = ckpt.load_state(path)
+        ckpt.load_weights(self.model, state, path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.epoch, self.position = (
+                state["step"], state["epoch"], state["position"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{path}: not a checkpoint of this run ({exc})") from None
+        self.saved_step = self.step
         if self.main:
             self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
-        """Drop metric lines after the checkpoint: those steps are about to be redone."""
+        """Drop metric lines after the checkpoint (those steps are about to be redone)
+        and a torn last line."""
         path = self.run_dir / ckpt.METRICS_FILE
         if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= self.step]
-            ckpt.write_atomic(path, lambda tmp: tmp.write_text("".join(f"{x}\n" for x in kept)))
+            kept = [row for row in ckpt.read_metrics(path) if row["step"] <= self.step]
+            with writing(path):
+                ckpt.write_atomic(path, lambda tmp: tmp.write_text(
+                    "".join(json.dumps(row) + "\n" for row in kept)))
+
+    def _check_weights(self) -> None:
+        """CheckFailed when a weight is not finite (never saved)."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise CheckFailed(f"training diverged: the weights are not finite after step "
+                              f"{self.step} (start anew with a lower --lr)")
+
+    def _check_losses(self, losses: list[torch.Tensor]) -> None:
+        """CheckFailed naming the first step whose loss is not finite, among ``losses``
+        (those of the last ``len(losses)`` steps; one device sync). Under DDP the ranks
+        agree, so that all of them stop together."""
+        values = torch.stack(losses)
+        bad = ~torch.isfinite(values)
+        flag = bad.any().to(torch.int32)
+        if self.world > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if not int(flag):
+            return
+        if bad.any():
+            first = int(bad.nonzero()[0, 0])
+            step = self.step - len(losses) + first + 1
+            where = f"the loss is {float(values[first])} at step {step}"
+        else:
+            where = f"another worker's loss is not finite by step {self.step}"
+        raise CheckFailed(f"training diverged: {where} (start anew with a lower --lr)")
 
     def save_checkpoint(self) -> None:
         if not self.main:
             return
-        ckpt.save_torch({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "step": self.step,
-            "epoch": self.epoch, "position": self.position, "total_steps": self.total,
-        }, self.run_dir / ckpt.CHECKPOINT_FILE)
+        self._check_weights()
+        path = self.run_dir / ckpt.CHECKPOINT_FILE
+        with writing(path):
+            ckpt.save_torch({
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "epoch": self.epoch, "position": self.position, "total_steps": self.total,
+            }, path)
+        self.saved_step = self.step
 
     def save_model(self) -> None:
         if self.main:
+            self._check_weights()
             state = {k: v.cpu() for k, v in self.model.state_dict().items()}
-            ckpt.save_torch({"model": state, "step": self.step}, self.run_dir / ckpt.MODEL_FILE)
+            path = self.run_dir / ckpt.MODEL_FILE
+            with writing(path):
+                ckpt.save_torch({"model": state, "step": self.step}, path)
+
+    def _stopped(self) -> str:
+        """What a failed run leaves, for the end of its one-line error."""
+        if self.saved_step is not None and (self.run_dir / ckpt.CHECKPOINT_FILE).exists():
+            kept = f"the checkpoint of step {self.saved_step} is kept"
+        else:
+            kept = "no checkpoint was written"
+        return f"training stopped at step {self.step} ({kept})"
 
     def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
         stacked = batch["stacked"].to(self.device, non_blocking=True)
@@ -318,17 +475,26 @@ class Run:
             self.dataset.set_epoch(self.epoch, self.position)
             for batch in make_loader(self.dataset, pin_memory=self.cuda):
                 if "error" in batch:
-                    kept = ("the last checkpoint is kept" if self.step else "no checkpoint yet")
-                    raise StoreError(
-                        f"{batch['error']}; training stopped at step {self.step} ({kept})"
-                    )
+                    raise StoreError(batch["error"])
                 yield batch
                 if self.step >= self.total:
                     return
-            if self.position >= in_epoch:
-                self.epoch, self.position = self.epoch + 1, 0
+            if self.position < in_epoch:  # a batch never arrived: never train on less
+                raise OutputError(
+                    f"the data loader lost batches of epoch {self.epoch} (a loader process "
+                    f"could not hand them over; is {SHARED_MEMORY} full?)"
+                )
+            self.epoch, self.position = self.epoch + 1, 0
 
     def fit(self) -> None:
+        """Train to the end; UserError (one line, saying where it stopped) on a damaged
+        chunk, a full disk or a diverged loss, keeping the last good checkpoint."""
+        try:
+            self._fit()
+        except UserError as exc:
+            raise type(exc)(f"{exc}; {self._stopped()}") from exc
+
+    def _fit(self) -> None:
         config = self.config
         self.model.train()
         examples_per_step = config.batch_size
@@ -339,28 +505,39 @@ class Run:
             task = bar.add_task("training", total=self.total * examples_per_step,
                                 completed=self.step * examples_per_step)
         loss_sum, since, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+        # Losses not yet checked for being finite: every step on the CPU (free), at log
+        # and checkpoint steps on a GPU (one sync there, which logging costs anyway).
+        unchecked: list[torch.Tensor] = []
+        metrics = self.run_dir / ckpt.METRICS_FILE
         try:
             for batch in self.batches():
-                loss_sum += self.train_step(batch)
+                loss = self.train_step(batch)
+                unchecked.append(loss)
+                loss_sum += loss
                 self.step += 1
                 self.position += 1
                 since += 1
-                if self.step % config.log_every == 0 or self.step == self.total:
+                log = self.step % config.log_every == 0 or self.step == self.total
+                save = self.step % config.checkpoint_every == 0 or self.step == self.total
+                if log or save or not self.cuda:
+                    self._check_losses(unchecked)
+                    unchecked.clear()
+                if log:
                     now = time.perf_counter()
-                    loss = float(loss_sum) / since
-                    row = {"step": self.step, "epoch": self.epoch, "loss": loss,
+                    mean = float(loss_sum) / since
+                    row = {"step": self.step, "epoch": self.epoch, "loss": mean,
                            "lr": self.scheduler.get_last_lr()[0],
                            "examples_per_s": since * examples_per_step / (now - tick)}
                     if self.main:
-                        with open(self.run_dir / ckpt.METRICS_FILE, "a") as metrics:
-                            metrics.write(json.dumps(row) + "\n")
+                        with writing(metrics):
+                            ckpt.append_line(metrics, json.dumps(row) + "\n")
                     if bar is not None:
-                        bar.update(task, description=f"training loss {loss:.4f}")
+                        bar.update(task, description=f"training loss {mean:.4f}")
                     loss_sum.zero_()
                     since, tick = 0, now
                 if bar is not None:
                     bar.update(task, completed=self.step * examples_per_step)
-                if self.step % config.checkpoint_every == 0 or self.step == self.total:
+                if save:
                     self.save_checkpoint()
         finally:
             if bar is not None:

@@ -6,7 +6,13 @@ import pytest
 import torch
 from nsa.generate.shards import StoreError, open_store
 from nsa.train.augment import apply_augment
-from nsa.train.data import ShardStream, make_loader, open_training_stores, plan_epoch
+from nsa.train.data import (
+    ShardStream,
+    make_loader,
+    open_training_stores,
+    plan_epoch,
+    shared_memory_fits,
+)
 
 
 def _ids(batches) -> list[list[bytes]]:
@@ -119,3 +125,33 @@ def test_plans_deal_every_chunk_once():
     assert dealt == [(s, c) for s in range(2) for c in range(4)]
     assert plan.batches_per_stream == min(
         sum(Info.chunk_lengths[c] for _, c in stream) for stream in plan.streams) // 4
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_batches_do_not_depend_on_how_the_streams_are_read(tiny_store, processes):
+    """Two streams read by two processes, in this process, or sent through a pipe:
+    the same batches in the same order, also when skipping (a resume)."""
+    reference = _stream([tiny_store], loader_workers=2, batch_size=4)
+    assert reference.loader_processes == 2
+    full = _epoch(reference, 1)
+    assert len(full) == 16
+    other = _stream([tiny_store], loader_workers=2, batch_size=4, processes=processes)
+    other.through_pipe = True
+    assert _epoch(other, 1) == full
+    assert _epoch(other, 1, skip=5) == full[5:]
+
+
+def test_shared_memory_check_counts_the_batches_the_processes_hold(tiny_store, tmp_path):
+    dataset = _stream([tiny_store], loader_workers=2, batch_size=8)
+    assert dataset.batch_bytes() == 8 * 2 * 32 * 32
+    assert shared_memory_fits(dataset, where=tmp_path)  # the test disk has room
+    assert not shared_memory_fits(dataset, factor=10**9, where=tmp_path)
+    assert shared_memory_fits(_stream([tiny_store]), factor=10**9, where=tmp_path)  # no process
+
+
+def test_the_fingerprint_changes_with_the_examples_only(tmp_path, make_store):
+    a = make_store(tmp_path / "a.zarr", n=16)
+    same = make_store(tmp_path / "same.zarr", n=16)
+    other = make_store(tmp_path / "other.zarr", n=16, seed=1)
+    prints = [info.fingerprint for info in open_training_stores([a, same, other])]
+    assert prints[0] == prints[1] != prints[2] and len(prints[0]) == 64
