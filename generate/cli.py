@@ -23,7 +23,7 @@ from nsa.generate.sources import (
     mvtec_source,
 )
 
-from nsa.errors import UserError, cli_errors, terminate_as_interrupt
+from nsa.errors import UserError, cli_errors
 from nsa.version_option import show_version
 
 app = typer.Typer(
@@ -89,7 +89,6 @@ def _generate(source: Source, n: int, out: Path, preset: str | None, seed: int,
               workers: int | None, address: str | None, resume: bool, overwrite: bool,
               size: int | None, chunk_size: int, settings: list[str] | None,
               quiet: bool) -> None:
-    terminate_as_interrupt()  # SIGTERM cleans up (Ray, its temp folder) like Ctrl-C
     path = generate_store(
         source, out, n=n, preset=preset, overrides=parse_overrides(settings), seed=seed,
         workers=workers, address=address, resume=resume, overwrite=overwrite, size=size,

@@ -10,8 +10,7 @@ traceback for an expected failure:
   missing, not a directory, permission denied, read-only file system);
 - exit 1: a check that found a problem (:class:`CheckFailed`), or an environment that
   failed the command (:class:`OutputError`: no space left, I/O error);
-- exit 130: interrupted (Ctrl-C, or SIGTERM where the command installs
-  :func:`terminate_as_interrupt`).
+- exit 130: interrupted (Ctrl-C, or SIGTERM: see :func:`terminate_as_interrupt`).
 
 Writes that can fail for lack of space go through :func:`writing`, which names the path
 in the message (a bare ``write()`` error does not carry one).
@@ -22,6 +21,7 @@ from __future__ import annotations
 import errno
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,13 +86,25 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered as an interrupt so that ``finally`` blocks clean up."""
 
 
-def terminate_as_interrupt() -> None:
-    """Make SIGTERM raise :class:`Terminated` in the main thread (call from a CLI)."""
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
-    def _handler(signum: int, frame: object) -> None:
-        raise Terminated()
 
-    signal.signal(signal.SIGTERM, _handler)
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """In the body, SIGTERM raises :class:`Terminated` (main thread only; elsewhere a no-op).
+
+    The previous handler is put back afterwards, so a CLI called in-process (tests) leaves
+    the caller's signal handling as it was.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -100,10 +112,13 @@ def cli_errors() -> Iterator[None]:
     """Print an expected failure as one ``error:`` line on stderr and exit with its code.
 
     Catches :class:`UserError` (its ``exit_code``), ``OSError`` (see :func:`os_error`)
-    and ``KeyboardInterrupt`` (exit 130). Anything else is a bug and keeps its traceback.
+    and ``KeyboardInterrupt`` (exit 130); SIGTERM counts as an interrupt in the body (see
+    :func:`terminate_as_interrupt`), so ``finally`` blocks clean up (Ray, temporary files).
+    Anything else is a bug and keeps its traceback.
     """
     try:
-        yield
+        with terminate_as_interrupt():
+            yield
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None

@@ -20,8 +20,8 @@ Every stage that uses Ray (generation tasks, Ray Train, cluster batch jobs) ente
 - Without ``address``, the ``RAY_ADDRESS`` environment variable counts as one, as it
   does for ``ray.init`` (a ``ray job submit`` entry point has it set).
 - A local Ray's temporary folder and processes go when the session ends, also by
-  Ctrl-C or SIGTERM (when the command turned SIGTERM into an exception with
-  :func:`nsa.errors.terminate_as_interrupt`: the handler is kept across ``ray.init``,
+  Ctrl-C or SIGTERM (every CLI turns SIGTERM into an exception with
+  :func:`nsa.errors.terminate_as_interrupt`; that handler is kept across ``ray.init``,
   which installs its own). Folders ``/tmp/nsa-ray-<pid>-*`` whose process is dead
   (killed with ``kill -9``) are removed when the next session starts.
 - When Ray is already initialised (a caller, a test fixture, or a Ray job), the session

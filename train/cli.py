@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from nsa.train.trainer import TrainConfig, train
 
-from nsa.errors import cli_errors, terminate_as_interrupt
+from nsa.errors import cli_errors
 from nsa.version_option import show_version
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -79,7 +79,6 @@ def main(
     """Train the NSA model on pre-computed shard stores (nsa-gen); writes a run directory
     with checkpoints, config.json, metrics.jsonl, loss.png and predictions.png."""
     with cli_errors():
-        terminate_as_interrupt()
         stores = [str(p) for p in [*(shards or []), *(more_shards or [])]]
         options = {
             "shards": stores or None, "out": str(out) if out else None,
