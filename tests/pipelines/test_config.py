@@ -217,3 +217,13 @@ def test_nsa_pipeline_run_prints_one_error_line_and_exits_2(tmp_path, case, mess
     assert result.stdout == ""
     assert result.stderr == f"error: {path}: {message}\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_root_that_cannot_be_made_is_one_error_line(tmp_path, mvtec_root):
+    config = write(tmp_path, edit(('"r"', '["bottle", "zipper"]'),
+                                  (f'"{mvtec_root}"', '["bottle"]')))
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: {out}: not a directory\n"
