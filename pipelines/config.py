@@ -50,7 +50,7 @@ from nsa.generate.sources import Source, elpv_data_dir
 from nsa.train.trainer import TrainConfig, check_config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nsa.errors import UserError, os_error_line
+from nsa.errors import UserError, os_error
 
 SOURCE_KINDS = ("mvtec", "chestxray", "folder", "elpv")
 #: The MVTec AD categories: the presets of kind object or texture.
@@ -317,8 +317,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a config file") from None
-    except OSError as exc:
-        raise ConfigError(os_error_line(exc, path)) from None
+    except OSError as exc:  # permission denied: exit 2; an I/O error: exit 1
+        raise os_error(exc, path) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is "
                           f"{exc.object[exc.start:exc.start + 1]!r})") from None
