@@ -38,7 +38,10 @@ def run(
                                 "generation spreads over its CPUs, training takes a GPU."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Run every (category, seed) job of CONFIG, skipping stages already done."""
+    """Run every (category, seed) job of CONFIG, skipping stages already done.
+
+    The whole config is checked before the first job; a problem is one error line, exit 2.
+    """
     with cli_errors():
         parsed = load_config(config, out)
         outcomes = run_pipeline(parsed, address=address, progress=progress)

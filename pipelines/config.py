@@ -22,27 +22,156 @@ A config reads top to bottom like the job it describes::
 
 Every option has the name it has on the stage's command line (with ``_`` for ``-``), so
 a config is what a user would otherwise type three times per category.
+
+:func:`load_config` checks the whole file before any job starts: every table and key
+(types are strict: a string where a list belongs is an error, not a list of letters;
+unknown keys are refused with the closest known name), every value, and each stage's
+options the way the stage itself will check them (generation's preset resolution, the
+trainer's ``check_config``, evaluation's ``check_protocol``). :func:`check_inputs`
+then checks that the folders and list files the config names exist. Either raises one
+:class:`ConfigError` line ``<config>: [table] key: problem``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import tomllib
+from nsa.evaluate.inference import check_protocol
+from nsa.generate.generation import source_settings
+from nsa.generate.presets import PRESETS
+from nsa.generate.shards import DEFAULT_CHUNK_SIZE
+from nsa.generate.sources import Source, elpv_data_dir
+from nsa.train.trainer import TrainConfig, check_config
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nsa.errors import UserError
+from nsa.errors import UserError, os_error
 
 SOURCE_KINDS = ("mvtec", "chestxray", "folder", "elpv")
-GENERATE_KEYS = {"n", "n_by_category", "preset", "size", "workers", "chunk_size", "overrides"}
-TRAIN_KEYS = {"epochs", "steps", "batch_size", "device", "lr", "num_workers", "loader_workers",
-              "checkpoint_every"}
-EVALUATE_KEYS = {"protocol", "max_pictures", "device", "batch_size"}
+#: The MVTec AD categories: the presets of kind object or texture.
+MVTEC_CATEGORIES = tuple(name for name, p in PRESETS.items() if p["kind"] in ("object", "texture"))
+DEVICES = ("auto", "cpu", "cuda")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 class ConfigError(UserError):
-    """A config file that cannot be read or names something unknown."""
+    """A config file that cannot be read, or a key in it with a wrong type or value."""
+
+
+class _Table(BaseModel):
+    """A TOML table: strict types, no keys beyond the declared ones."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class MvtecSource(_Table):
+    kind: Literal["mvtec"]
+    root: str
+    categories: list[str] = Field(min_length=1)
+
+
+class ChestxrayLists(_Table):
+    train: str
+    normal_test: str
+    anomaly_test: str
+
+
+class ChestxraySource(_Table):
+    kind: Literal["chestxray"]
+    root: str
+    lists_dir: str = "."
+    lists: dict[str, ChestxrayLists] = Field(min_length=1)
+
+
+class FolderSource(_Table):
+    kind: Literal["folder"]
+    root: str
+    name: str | None = None
+    test_good: str
+    test_defects: list[str] = Field(min_length=1)
+    test_masks: str | None = None
+
+
+class ElpvSource(_Table):
+    kind: Literal["elpv"]
+    cell_type: Literal["mono", "poly"] = "mono"
+
+
+SourceTable = MvtecSource | ChestxraySource | FolderSource | ElpvSource
+SOURCE_TABLES: dict[str, type[_Table]] = {
+    "mvtec": MvtecSource, "chestxray": ChestxraySource, "folder": FolderSource,
+    "elpv": ElpvSource,
+}
+
+
+class GenerateOptions(_Table):
+    """nsa-gen options; ``workers`` changes only the speed, never the store."""
+
+    n: PositiveInt | None = None
+    n_by_category: dict[str, PositiveInt] = Field(default_factory=dict)
+    preset: str | None = None
+    size: PositiveInt | None = None
+    workers: PositiveInt | None = None
+    chunk_size: PositiveInt = DEFAULT_CHUNK_SIZE
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainOptions(_Table):
+    """nsa-train options; unset ones take ``TrainConfig``'s defaults."""
+
+    epochs: PositiveInt | None = None
+    steps: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    lr: Annotated[float, Field(gt=0)] | None = None
+    min_lr: Annotated[float, Field(ge=0)] | None = None
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    threads: PositiveInt | None = None
+    loader_workers: NonNegativeInt | None = None
+    shuffle_chunks: PositiveInt | None = None
+    checkpoint_every: PositiveInt | None = None
+    log_every: PositiveInt | None = None
+    predictions: NonNegativeInt | None = None
+    num_workers: PositiveInt | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The options the config sets (``TrainConfig`` keyword arguments)."""
+        return self.model_dump(exclude_none=True)
+
+
+class EvaluateOptions(_Table):
+    """nsa-eval options; unset ones take :func:`nsa.evaluate.run.evaluate`'s defaults."""
+
+    protocol: Literal["nsa", "mvtec"] | None = None
+    max_pictures: NonNegativeInt | None = None
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    batch_size: PositiveInt | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The options the config sets (``evaluate`` keyword arguments)."""
+        return self.model_dump(exclude_none=True)
+
+
+class PipelineFile(_Table):
+    """The whole TOML file."""
+
+    out: str | None = None
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
+    source: Annotated[SourceTable, Field(discriminator="kind")]
+    generate: GenerateOptions = Field(default_factory=GenerateOptions)
+    train: TrainOptions = Field(default_factory=TrainOptions)
+    evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
+
+
+_TABLES: dict[str, type[_Table]] = {
+    "generate": GenerateOptions, "train": TrainOptions, "evaluate": EvaluateOptions,
+}
 
 
 @dataclass(frozen=True)
@@ -60,16 +189,24 @@ class Job:
 
 @dataclass
 class PipelineConfig:
-    """A parsed, validated pipeline config; ``path`` is where it was read from."""
+    """A parsed, validated pipeline config; ``path`` is where it was read from.
+
+    ``settings`` maps each category to its resolved synthesis settings (preset, overrides
+    and size applied), as nsa-gen will resolve them.
+    """
 
     path: Path
     out: Path
     seeds: list[int]
-    source: dict[str, Any]
-    categories: list[str]
-    generate: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=dict)
-    evaluate: dict[str, Any] = field(default_factory=dict)
+    source: SourceTable
+    generate: GenerateOptions
+    train: TrainOptions
+    evaluate: EvaluateOptions
+    settings: dict[str, dict[str, Any]]
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.settings)
 
     def jobs(self) -> list[Job]:
         """Every (category, seed) job, category-major so a category finishes early."""
@@ -80,81 +217,243 @@ class PipelineConfig:
         ]
 
     def n_for(self, category: str) -> int:
-        """The number of examples to generate for ``category``."""
-        by_category = self.generate.get("n_by_category", {})
-        n = by_category.get(category, self.generate.get("n"))
-        if n is None:
-            raise ConfigError(f"{self.path}: [generate] gives no n for category {category!r}")
-        return int(n)
+        """The number of examples to generate for ``category`` (checked at load)."""
+        n = self.generate.n_by_category.get(category, self.generate.n)
+        assert n is not None, "load_config checks that every category has an n"
+        return n
 
 
-def _check_keys(path: Path, table: str, given: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) in [{table}]: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(allowed))})"
-        )
+def _categories(source: SourceTable) -> list[str]:
+    if isinstance(source, ElpvSource):
+        return [source.cell_type]
+    if isinstance(source, MvtecSource):
+        return list(source.categories)
+    if isinstance(source, ChestxraySource):
+        return list(source.lists)
+    return [source.name or Path(source.root).name]
 
 
-def _categories(path: Path, source: dict[str, Any]) -> list[str]:
-    kind = source["kind"]
-    if kind == "elpv":
-        cell_type = source.get("cell_type", "mono")
-        if cell_type not in ("mono", "poly"):
-            raise ConfigError(f"{path}: [source] cell_type must be mono or poly")
-        return [cell_type]
-    if kind == "mvtec":
-        categories = source.get("categories")
-        if not categories:
-            raise ConfigError(f"{path}: [source] of kind mvtec needs categories = [...]")
-        return list(categories)
-    if kind == "chestxray":
-        lists = source.get("lists")
-        if not lists:
-            raise ConfigError(
-                f"{path}: [source] of kind chestxray needs [source.lists] "
-                "(name = {train = ..., normal_test = ..., anomaly_test = ...})"
-            )
-        return list(lists)
-    return [source.get("name", Path(source.get("root", "folder")).name)]
+def default_preset(source: SourceTable, category: str) -> str | None:
+    """The preset nsa-gen uses for ``category`` when none is named (as its sources do)."""
+    return {"mvtec": category, "chestxray": "chestxray", "elpv": "elpv"}.get(source.kind)
+
+
+def _hint(name: str, known: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+    return f"known: {shown}" if known else "none known"
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """``('train', 'steps')`` -> ``[train] steps``; ``('seeds', 1)`` -> ``seeds[1]``."""
+    if loc and loc[0] == "source" and len(loc) > 1:
+        loc = loc[:1] + loc[2:]  # drop the kind tag pydantic puts in the location
+    table = ""
+    if len(loc) > 1 and loc[0] in ("source", *_TABLES):
+        table, loc = f"[{loc[0]}] ", loc[1:]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return table + key.lstrip(".")
+
+
+def _known_keys(parent: tuple[Any, ...]) -> list[str]:
+    """The keys allowed in the table at ``parent`` (a pydantic location)."""
+    model: type[BaseModel] | None = None
+    if not parent:
+        model = PipelineFile
+    elif parent[0] == "source":
+        if len(parent) == 2:
+            model = SOURCE_TABLES.get(parent[1])
+        elif len(parent) == 4 and parent[2] == "lists":
+            model = ChestxrayLists
+    elif len(parent) == 1:
+        model = _TABLES.get(parent[0])
+    return list(model.model_fields) if model else []
+
+
+def _show(value: Any) -> str:
+    """A value about as TOML writes it (``true``, ``"abc"``, ``[1, 2]``), at most 60 chars."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """One pydantic error as ``<where>: <what>``."""
+    kind, loc, ctx = error["type"], error["loc"], error.get("ctx", {})
+    value = _show(error.get("input"))
+    expected = str(ctx.get("expected")).replace("'", '"')  # 'a' or 'b' -> "a" or "b"
+    if kind == "extra_forbidden":
+        return f"{_where(loc)}: unknown key ({_hint(str(loc[-1]), _known_keys(loc[:-1]))})"
+    if kind == "union_tag_invalid":  # the only tagged union is [source]
+        return f"[source] kind: must be one of {', '.join(SOURCE_KINDS)}, " \
+               f"not {_show(ctx.get('tag'))}"
+    if kind == "union_tag_not_found":
+        return f"[source] kind: missing (one of {', '.join(SOURCE_KINDS)})"
+    what = {
+        "missing": "missing",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}, not {value}",
+        "greater_than": f"must be greater than {ctx.get('gt')}, not {value}",
+        "int_type": f"must be an integer, not {value}",
+        "float_type": f"must be a number, not {value}",
+        "string_type": f"must be a string, not {value}",
+        "bool_type": f"must be true or false, not {value}",
+        "list_type": f"must be a list [...], not {value}",
+        "dict_type": f"must be a table, not {value}",
+        "model_type": f"must be a table, not {value}",
+        "model_attributes_type": f"must be a table, not {value}",
+        "literal_error": f"must be {expected}, not {value}",
+        "too_short": "must not be empty",
+    }.get(kind)
+    if what is None:
+        what = f"{error['msg'][:1].lower()}{error['msg'][1:]}, not {value}"
+    return f"{_where(loc)}: {what}"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as exc:  # permission denied: exit 2; an I/O error: exit 1
+        raise os_error(exc, path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is "
+                          f"{exc.object[exc.start:exc.start + 1]!r})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _stage_message(message: str) -> str:
+    """A stage's option message in config terms: ``--batch-size`` -> ``batch_size``."""
+    return re.sub(r"--([a-z][a-z-]*)", lambda m: m[1].replace("-", "_"), message)
+
+
+def _check_categories(path: Path, parsed: PipelineFile, categories: list[str]) -> None:
+    repeated = sorted({c for c in categories if categories.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"{path}: [source] categories: {repeated[0]!r} is given twice")
+    seeds = parsed.seeds
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"{path}: seeds: {twice[0]} is given twice")
+    generate = parsed.generate
+    for name in generate.n_by_category:
+        if name not in categories:
+            raise ConfigError(f"{path}: [generate] n_by_category.{name}: not a category of "
+                              f"[source] ({_hint(name, categories)})")
+    for category in categories:
+        if category not in generate.n_by_category and generate.n is None:
+            raise ConfigError(f"{path}: [generate] n: missing (give n = ... or "
+                              f"n_by_category.{category} = ...)")
+    if parsed.source.kind == "folder" and generate.preset is None:
+        raise ConfigError(f"{path}: [generate] preset: missing (a folder source has no "
+                          f"default; choose one of {', '.join(PRESETS)})")
+    if parsed.source.kind == "mvtec" and generate.preset is None:
+        for category in categories:
+            if category not in MVTEC_CATEGORIES:
+                raise ConfigError(
+                    f"{path}: [source] categories: {category!r} is not an MVTec AD category "
+                    f"({_hint(category, MVTEC_CATEGORIES)}); or name a [generate] preset")
+
+
+def _resolve_settings(path: Path, parsed: PipelineFile, category: str) -> dict[str, Any]:
+    """Synthesis settings for ``category``, resolved by nsa-gen's own code."""
+    source = parsed.source
+    generate = parsed.generate
+    stand_in = Source(source.kind, category, [], default_preset(source, category))
+    try:
+        return source_settings(stand_in, generate.preset, generate.overrides, generate.size)
+    except UserError as exc:
+        several = len(_categories(source)) > 1 and generate.preset is None
+        which = f" (category {category})" if several else ""
+        raise ConfigError(f"{path}: [generate]{which} {_stage_message(str(exc))}") from None
+
+
+def _check_train(path: Path, parsed: PipelineFile) -> None:
+    config = TrainConfig(shards=["store"], out="run", seed=parsed.seeds[0],
+                         **parsed.train.given())
+    try:
+        check_config(config)
+    except UserError as exc:
+        raise ConfigError(f"{path}: [train] {_stage_message(str(exc))}") from None
 
 
 def load_config(path: str | Path, out: str | Path | None = None) -> PipelineConfig:
     """Read and validate a pipeline config; ``out`` overrides its output root.
 
     Relative paths in the config (``out``, ``root``, list files) are taken relative to the
-    current directory, as a user typing the stage commands would.
+    current directory, as a user typing the stage commands would. Raises one-line
+    :class:`ConfigError` for a file that cannot be read (missing, a directory, not UTF-8,
+    not TOML) and for the first problem with its content (followed by how many more).
     """
     path = Path(path)
+    data = _read(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    _check_keys(path, "top level", data,
-                {"out", "seeds", "source", "generate", "train", "evaluate"})
-    source = data.get("source")
-    if not isinstance(source, dict) or source.get("kind") not in SOURCE_KINDS:
-        raise ConfigError(f"{path}: [source] kind must be one of {', '.join(SOURCE_KINDS)}")
-    generate = data.get("generate", {})
-    train = data.get("train", {})
-    evaluate = data.get("evaluate", {})
-    _check_keys(path, "generate", generate, GENERATE_KEYS)
-    _check_keys(path, "train", train, TRAIN_KEYS)
-    _check_keys(path, "evaluate", evaluate, EVALUATE_KEYS)
-    seeds = data.get("seeds", [0])
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ConfigError(f"{path}: seeds must be a non-empty list of non-negative integers")
-    root = out if out is not None else data.get("out")
+        parsed = PipelineFile.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{path}: {_problem(errors[0])}{more}") from None
+    categories = _categories(parsed.source)
+    if not all(categories):
+        raise ConfigError(f"{path}: [source] name: missing (root has no folder name)")
+    _check_categories(path, parsed, categories)
+    settings = {category: _resolve_settings(path, parsed, category) for category in categories}
+    _check_train(path, parsed)
+    try:
+        check_protocol(parsed.evaluate.protocol or "nsa")
+    except UserError as exc:
+        raise ConfigError(f"{path}: [evaluate] {_stage_message(str(exc))}") from None
+    root = out if out is not None else parsed.out
     if root is None:
-        raise ConfigError(f"{path}: no output root: set out = \"...\" or pass --out")
-    config = PipelineConfig(
-        path=path, out=Path(root), seeds=list(seeds), source=source,
-        categories=_categories(path, source), generate=generate, train=train,
-        evaluate=evaluate,
+        raise ConfigError(f"{path}: out: missing (set out = \"...\" or pass --out)")
+    return PipelineConfig(
+        path=path, out=Path(root), seeds=list(parsed.seeds), source=parsed.source,
+        generate=parsed.generate, train=parsed.train, evaluate=parsed.evaluate,
+        settings=settings,
     )
-    for category in config.categories:
-        config.n_for(category)
-    return config
+
+
+def _need(path: Path, key: str, target: Path, folder: bool = True) -> None:
+    ok = target.is_dir() if folder else target.is_file()
+    if not ok:
+        what = "folder" if folder else "file"
+        reason = "does not exist" if not target.exists() else f"is not a {what}"
+        raise ConfigError(f"{path}: [source] {key}: {target} {reason}")
+
+
+def check_inputs(config: PipelineConfig) -> None:
+    """Check that the folders and list files ``[source]`` names exist (no image is read).
+
+    Raises :class:`ConfigError` naming the key; a category folder or list file whose
+    content is unusable is found when its job starts, and fails that job only.
+    """
+    source, path = config.source, config.path
+    if isinstance(source, ElpvSource):
+        try:
+            elpv_data_dir()
+        except UserError as exc:
+            raise ConfigError(f"{path}: [source] kind: {exc}") from None
+        return
+    _need(path, "root", Path(source.root))
+    if isinstance(source, MvtecSource):
+        for category in source.categories:
+            if not (Path(source.root) / category).is_dir():
+                found = sorted(p.name for p in Path(source.root).iterdir()
+                               if (p / "train" / "good").is_dir())
+                hint = _hint(category, found) if found else "no category/train/good there"
+                raise ConfigError(f"{path}: [source] categories: no folder {category!r} in "
+                                  f"{source.root} ({hint})")
+    elif isinstance(source, ChestxraySource):
+        for name, lists in source.lists.items():
+            for key, file in lists.model_dump().items():
+                _need(path, f"lists.{name}.{key}", Path(source.lists_dir) / file, folder=False)
+    else:
+        _need(path, "test_good", Path(source.test_good))
+        for index, folder in enumerate(source.test_defects):
+            _need(path, f"test_defects[{index}]", Path(folder))
+        if source.test_masks is not None:
+            _need(path, "test_masks", Path(source.test_masks))

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 from nsa.evaluate.metrics import auroc
 from nsa.generate.images import load_images
-from nsa.generate.presets import resolve_settings
 from nsa.generate.preview import write_preview
 from nsa.generate.sources import elpv_split
 from nsa.generate.synthesis import prepare_sources
@@ -76,9 +75,8 @@ def trivial_baselines(cell_type: str, size: int) -> dict[str, float]:
 
 def write_examples(config: PipelineConfig, path: Path, n: int = 8) -> Path:
     """A PNG grid of synthetic anomalies as the demo's store holds them (nsa-gen preview)."""
-    size = int(config.generate["size"])
-    settings = resolve_settings(config.generate.get("preset", "elpv"), {"size": size})
-    images = load_images(elpv_split(config.categories[0]).train, size, 1)
+    settings = config.settings[config.categories[0]]
+    images = load_images(elpv_split(config.categories[0]).train, settings["size"], 1)
     return write_preview(prepare_sources(images, settings), settings, config.seeds[0], n, path)
 
 
@@ -87,7 +85,8 @@ def run_demo(out: str | Path | None = None, progress: bool = True) -> DemoResult
     start = time.perf_counter()
     config = demo_config(out)
     (outcome,) = run_pipeline(config, progress=progress)
-    baselines = trivial_baselines(config.categories[0], int(config.generate["size"]))
+    category = config.categories[0]
+    baselines = trivial_baselines(category, config.settings[category]["size"])
     preview = write_examples(config, config.out / PREVIEW_PNG)
     return DemoResult(outcome, baselines, time.perf_counter() - start, config, preview)
 

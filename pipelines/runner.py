@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nsa.pipelines.config import PipelineConfig
+from nsa.pipelines.config import PipelineConfig, check_inputs
 from nsa.pipelines.stages import JobPlan, plan_job, run_evaluate, run_generate, run_train
 
-from nsa.errors import UserError
+from nsa.errors import UserError, os_error, writing
 from nsa.ray_session import ray_session
 
 LOG_FILE = "pipeline-log.jsonl"
@@ -42,15 +42,18 @@ class JobOutcome:
 
 
 def _log(out: Path, job: str, stage: str, ran: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOG_FILE, "a") as log:
-        record = {"time": time.time(), "job": job, "stage": stage, "ran": ran}
-        log.write(json.dumps(record) + "\n")
+    record = {"time": time.time(), "job": job, "stage": stage, "ran": ran}
+    with writing(out / LOG_FILE):
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / LOG_FILE, "a") as log:
+            log.write(json.dumps(record) + "\n")
 
 
 def _error_line(exc: BaseException) -> str:
     if isinstance(exc, UserError):
         return str(exc)
+    if isinstance(exc, OSError):
+        return str(os_error(exc))
     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
     return f"unexpected error: {last}"
 
@@ -81,7 +84,13 @@ def _run_local(config: PipelineConfig, plan: JobPlan, progress: bool) -> JobOutc
 
 def run_pipeline(config: PipelineConfig, *, address: str | None = None,
                  progress: bool = True) -> list[JobOutcome]:
-    """Run every job of ``config``; return one outcome per job, in config order."""
+    """Run every job of ``config``; return one outcome per job, in config order.
+
+    The folders and list files the config names are checked first
+    (:func:`~nsa.pipelines.config.check_inputs`): a missing one stops the pipeline with a
+    :class:`~nsa.pipelines.config.ConfigError` before any job starts.
+    """
+    check_inputs(config)
     plans = [plan_job(config, job) for job in config.jobs()]
     config.out.mkdir(parents=True, exist_ok=True)
     if address is None:

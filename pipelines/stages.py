@@ -1,16 +1,30 @@
-"""The three stages of one job, each skipped when its marker says it is already done.
+"""The three stages of one job, each skipped when it is done and its outputs are whole.
 
 A job's folder holds ``shards.zarr`` (nsa-gen), ``run/`` (nsa-train), ``eval/`` (nsa-eval)
-and one marker per stage (see :mod:`nsa.pipelines.markers`). The hash of each stage
-includes the hash of the stage it reads from, so changing ``n`` redoes generation,
-training and evaluation, while changing ``protocol`` redoes only evaluation.
+and one marker per stage (see :mod:`nsa.pipelines.markers`). Each stage's hash holds
+exactly what changes that stage's outputs, and the hash of the stage it reads from:
+
+- generate: the training images (source kind, root, the category's own entries), the
+  resolved synthesis settings (preset, overrides, size), ``n``, the seed and the chunk
+  size; not ``workers``, nor the other categories of the config;
+- train: the generate hash and every ``TrainConfig`` setting except those that change
+  only where or how fast it runs (:data:`TRAIN_RUNTIME`);
+- evaluate: the train hash, the test set (the category's test entries), the protocol and
+  ``max_pictures``; not the device or batch size.
+
+So changing ``n`` redoes generation, training and evaluation, changing ``protocol`` redoes
+only evaluation, and removing a category or changing ``workers`` redoes nothing. A stage
+whose marker says done is still redone when its outputs are gone or incomplete (the store
+does not open as complete; the run lacks ``model.pt`` or ``config.json``; the evaluation
+lacks a readable ``metrics.json``), and a stage whose input was made again is redone too.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +37,7 @@ from nsa.evaluate.testsets import (
     mvtec_testset,
 )
 from nsa.generate.generation import generate_store
+from nsa.generate.shards import StoreError, open_store
 from nsa.generate.sources import (
     Source,
     chestxray_source,
@@ -30,12 +45,35 @@ from nsa.generate.sources import (
     folder_source,
     mvtec_source,
 )
-from nsa.pipelines.config import ConfigError, Job, PipelineConfig
-from nsa.pipelines.markers import StageState, settings_hash, stage_state, write_marker
-from nsa.train.checkpoint import CHECKPOINT_FILE
+from nsa.pipelines.config import (
+    ChestxraySource,
+    ElpvSource,
+    Job,
+    MvtecSource,
+    PipelineConfig,
+)
+from nsa.pipelines.markers import (
+    StageState,
+    output_id,
+    settings_hash,
+    stage_state,
+    write_marker,
+)
+from nsa.train.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE
 from nsa.train.trainer import TrainConfig, train
 
 STAGES = ("generate", "train", "evaluate")
+#: ``TrainConfig`` fields that change where or how fast a run goes (or are set by the
+#: pipeline itself), never what it produces.
+TRAIN_RUNTIME = ("shards", "out", "resume", "address", "overwrite", "progress", "device",
+                 "threads", "checkpoint_every")
+#: ``evaluate`` options that change where or how fast it runs, never the metrics.
+EVALUATE_RUNTIME = ("device", "batch_size", "progress")
+#: ``evaluate``'s own defaults, so that a config giving one explicitly hashes the same.
+EVALUATE_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(evaluate).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+}
 
 
 @dataclass(frozen=True)
@@ -61,16 +99,64 @@ class JobPlan:
         return self.job.directory / "eval"
 
 
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).absolute())
+
+
+def source_identity(config: PipelineConfig, category: str) -> dict[str, Any]:
+    """What :func:`training_source` reads for ``category``: the generate hash's source."""
+    source = config.source
+    if isinstance(source, ElpvSource):
+        return {"kind": "elpv", "cell_type": category}
+    if isinstance(source, MvtecSource):
+        return {"kind": "mvtec", "root": _absolute(source.root), "category": category}
+    if isinstance(source, ChestxraySource):
+        return {"kind": "chestxray", "root": _absolute(source.root),
+                "list": _absolute(Path(source.lists_dir) / source.lists[category].train)}
+    return {"kind": "folder", "root": _absolute(source.root)}
+
+
+def testset_identity(config: PipelineConfig, category: str) -> dict[str, Any]:
+    """What :func:`test_sets` reads for ``category``: the evaluate hash's test set."""
+    source = config.source
+    if isinstance(source, ElpvSource):
+        return {"kind": "elpv", "cell_type": category}
+    if isinstance(source, MvtecSource):
+        return {"kind": "mvtec", "root": _absolute(source.root), "category": category}
+    if isinstance(source, ChestxraySource):
+        lists = source.lists[category]
+        return {"kind": "chestxray", "root": _absolute(source.root),
+                "normal": _absolute(Path(source.lists_dir) / lists.normal_test),
+                "anomaly": _absolute(Path(source.lists_dir) / lists.anomaly_test)}
+    return {"kind": "folder", "name": category, "good": _absolute(source.test_good),
+            "defects": [_absolute(d) for d in source.test_defects],
+            "masks": None if source.test_masks is None else _absolute(source.test_masks)}
+
+
 def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
     """The settings of each stage of ``job`` and their chained hashes."""
-    generate = {k: v for k, v in config.generate.items() if k != "n_by_category"}
-    generate.update(n=config.n_for(job.category), seed=job.seed)
-    train_opts = {**config.train, "seed": job.seed}
-    evaluate_opts = dict(config.evaluate)
-    source = {**config.source, "category": job.category}
-    gen_hash = settings_hash({"source": source, **generate})
-    train_hash = settings_hash({"generate": gen_hash, **train_opts})
-    eval_hash = settings_hash({"train": train_hash, "source": source, **evaluate_opts})
+    generate = {
+        "n": config.n_for(job.category), "seed": job.seed, "preset": config.generate.preset,
+        "overrides": config.generate.overrides, "size": config.generate.size,
+        "chunk_size": config.generate.chunk_size, "workers": config.generate.workers,
+    }
+    gen_hash = settings_hash({
+        "source": source_identity(config, job.category),
+        "settings": config.settings[job.category],
+        **{key: generate[key] for key in ("n", "seed", "chunk_size")},
+    })
+    train_opts = {**config.train.given(), "seed": job.seed}
+    train_settings = asdict(TrainConfig(**train_opts))
+    train_hash = settings_hash({
+        "generate": gen_hash,
+        **{k: v for k, v in train_settings.items() if k not in TRAIN_RUNTIME},
+    })
+    evaluate_opts = config.evaluate.given()
+    eval_settings = {**EVALUATE_DEFAULTS, **evaluate_opts}
+    eval_hash = settings_hash({
+        "train": train_hash, "testset": testset_identity(config, job.category),
+        **{k: v for k, v in eval_settings.items() if k not in EVALUATE_RUNTIME},
+    })
     return JobPlan(job, generate, train_opts, evaluate_opts,
                    {"generate": gen_hash, "train": train_hash, "evaluate": eval_hash})
 
@@ -78,99 +164,110 @@ def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
 def training_source(config: PipelineConfig, category: str) -> Source:
     """The normal images a job generates from."""
     source = config.source
-    kind = source["kind"]
-    if kind == "elpv":
+    if isinstance(source, ElpvSource):
         return elpv_source(category, "train")
-    if kind == "mvtec":
-        return mvtec_source(_root(config), category)
-    if kind == "chestxray":
-        lists = _chestxray_lists(config, category)
-        return chestxray_source(_root(config), lists["train"])
-    return folder_source(_root(config))
+    if isinstance(source, MvtecSource):
+        return mvtec_source(source.root, category)
+    if isinstance(source, ChestxraySource):
+        return chestxray_source(source.root,
+                                Path(source.lists_dir) / source.lists[category].train)
+    return folder_source(source.root)
 
 
 def test_sets(config: PipelineConfig, category: str) -> list[TestSet]:
     """The labelled test set a job is evaluated on."""
     source = config.source
-    kind = source["kind"]
-    if kind == "elpv":
+    if isinstance(source, ElpvSource):
         return [elpv_testset(category)]
-    if kind == "mvtec":
-        return [mvtec_testset(_root(config), category)]
-    if kind == "chestxray":
-        lists = _chestxray_lists(config, category)
-        return [chestxray_testset(_root(config), lists["normal_test"], lists["anomaly_test"])]
-    for key in ("test_good", "test_defects"):
-        if key not in source:
-            raise ConfigError(f"{config.path}: [source] of kind folder needs {key}")
-    return [folder_testset(source["test_good"], source["test_defects"],
-                           source.get("test_masks"), name=category)]
+    if isinstance(source, MvtecSource):
+        return [mvtec_testset(source.root, category)]
+    if isinstance(source, ChestxraySource):
+        lists = source.lists[category]
+        lists_dir = Path(source.lists_dir)
+        return [chestxray_testset(source.root, lists_dir / lists.normal_test,
+                                  lists_dir / lists.anomaly_test)]
+    return [folder_testset(source.test_good, source.test_defects, source.test_masks,
+                           name=category)]
 
 
-def _root(config: PipelineConfig) -> Path:
-    if "root" not in config.source:
-        raise ConfigError(f"{config.path}: [source] needs root = \"...\"")
-    return Path(config.source["root"])
+def store_complete(store: Path) -> bool:
+    """Whether ``store`` opens as a complete NSA store."""
+    try:
+        open_store(store)
+    except StoreError:
+        return False
+    return True
 
 
-def _chestxray_lists(config: PipelineConfig, category: str) -> dict[str, Path]:
-    lists_dir = Path(config.source.get("lists_dir", "."))
-    entry = config.source["lists"][category]
-    missing = {"train", "normal_test", "anomaly_test"} - set(entry)
-    if missing:
-        raise ConfigError(
-            f"{config.path}: [source.lists.{category}] lacks {', '.join(sorted(missing))}"
-        )
-    return {key: lists_dir / value for key, value in entry.items()}
+def run_complete(run: Path) -> bool:
+    """Whether the run folder holds the final model and its config."""
+    return (run / MODEL_FILE).is_file() and (run / CONFIG_FILE).is_file()
+
+
+def read_metrics(path: Path) -> dict[str, Any] | None:
+    """The content of a metrics.json, or None when it is missing or unreadable."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) and "categories" in metrics else None
 
 
 def run_generate(config: PipelineConfig, plan: JobPlan, progress: bool) -> bool:
     """Generate the job's store unless done; return True when work was done."""
-    state = stage_state(plan.job.directory, "generate", plan.hashes["generate"])
+    directory, digest = plan.job.directory, plan.hashes["generate"]
+    state = stage_state(directory, "generate", digest)
     if state is StageState.DONE:
-        return False
+        if store_complete(plan.store):
+            return False
+        state = StageState.INTERRUPTED  # gone or incomplete: make what is missing
     opts = dict(plan.generate)
-    write_marker(plan.job.directory, "generate", plan.hashes["generate"], done=False)
+    write_marker(directory, "generate", digest, done=False)
     generate_store(
         training_source(config, plan.job.category), plan.store,
-        n=opts.pop("n"), seed=opts.pop("seed"), preset=opts.pop("preset", None),
+        n=opts.pop("n"), seed=opts.pop("seed"), preset=opts.pop("preset"),
         resume=state is StageState.INTERRUPTED, overwrite=state is StageState.FRESH,
         progress=progress, **opts,
     )
-    write_marker(plan.job.directory, "generate", plan.hashes["generate"], done=True,
-                 store=plan.store)
+    write_marker(directory, "generate", digest, done=True, store=plan.store)
     return True
 
 
 def run_train(plan: JobPlan, progress: bool) -> bool:
     """Train on the job's store unless done (resuming an interrupted run exactly)."""
-    state = stage_state(plan.job.directory, "train", plan.hashes["train"])
-    if state is StageState.DONE:
+    directory, digest = plan.job.directory, plan.hashes["train"]
+    store_id = output_id(directory, "generate")
+    state = stage_state(directory, "train", digest, store_id)
+    if state is StageState.DONE and run_complete(plan.run):
         return False
-    write_marker(plan.job.directory, "train", plan.hashes["train"], done=False)
+    write_marker(directory, "train", digest, done=False, input_id=store_id)
     if state is StageState.INTERRUPTED and (plan.run / CHECKPOINT_FILE).exists():
         config = TrainConfig(resume=str(plan.run), progress=progress,
-                             device=plan.train.get("device", "auto"))
+                             device=plan.train.get("device", "auto"),
+                             threads=plan.train.get("threads"))
     else:
         config = TrainConfig(shards=[str(plan.store)], out=str(plan.run), overwrite=True,
                              progress=progress, **plan.train)
     train(config)
-    write_marker(plan.job.directory, "train", plan.hashes["train"], done=True, run=plan.run)
+    write_marker(directory, "train", digest, done=True, input_id=store_id, run=plan.run)
     return True
 
 
 def run_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
                  ) -> tuple[bool, dict[str, Any]]:
     """Evaluate the job's run unless done; return (work was done, metrics.json content)."""
-    state = stage_state(plan.job.directory, "evaluate", plan.hashes["evaluate"])
+    directory, digest = plan.job.directory, plan.hashes["evaluate"]
+    run_id = output_id(directory, "train")
+    state = stage_state(directory, "evaluate", digest, run_id)
     metrics_file = plan.eval_dir / "metrics.json"
-    if state is StageState.DONE and metrics_file.exists():
-        return False, json.loads(metrics_file.read_text())
-    write_marker(plan.job.directory, "evaluate", plan.hashes["evaluate"], done=False)
+    metrics = read_metrics(metrics_file) if state is StageState.DONE else None
+    if metrics is not None:
+        return False, metrics
+    write_marker(directory, "evaluate", digest, done=False, input_id=run_id)
     if plan.eval_dir.exists():
         shutil.rmtree(plan.eval_dir)
     evaluate(test_sets(config, plan.job.category), plan.run, plan.eval_dir,
              progress=progress, **plan.evaluate)
-    write_marker(plan.job.directory, "evaluate", plan.hashes["evaluate"], done=True,
+    write_marker(directory, "evaluate", digest, done=True, input_id=run_id,
                  metrics=metrics_file)
     return True, json.loads(metrics_file.read_text())

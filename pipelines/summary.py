@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from nsa.evaluate.tables import METRICS, PAPER_METRICS, paper_results
 
+from nsa.errors import writing
+
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
 
@@ -95,11 +97,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def write_summary(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
-    """Write ``summary.md`` and ``summary.csv`` (fractions) under ``out``."""
+    """Write ``summary.md`` and ``summary.csv`` (fractions) under ``out``.
+
+    Raises :class:`~nsa.errors.UserError`/``OutputError`` naming the file when a write fails.
+    """
     md = out / SUMMARY_MD
-    md.write_text(markdown(rows))
+    with writing(md):
+        md.write_text(markdown(rows))
     table = out / SUMMARY_CSV
-    with open(table, "w", newline="") as handle:
+    with writing(table), open(table, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["category"])
         writer.writeheader()
         writer.writerows(rows)

@@ -27,8 +27,9 @@ def tiny_config():
 
 
 def write_tiny_config(path: Path, root: Path, out: Path, seeds: tuple[int, ...] = (0, 1),
-                protocol: str = "nsa") -> Path:
-    """Write a config that makes 32 examples of 64 px per job and trains 2 steps."""
+                      protocol: str = "nsa", categories: tuple[str, ...] = CATEGORIES,
+                      workers: int = 1, steps: int = 2, n: int = 32) -> Path:
+    """Write a config that makes ``n`` (32) examples of 64 px per job and trains 2 steps."""
     path.write_text(f"""
 out = "{out}"
 seeds = {list(seeds)}
@@ -36,17 +37,17 @@ seeds = {list(seeds)}
 [source]
 kind = "mvtec"
 root = "{root}"
-categories = {list(CATEGORIES)}
+categories = {list(categories)}
 
 [generate]
-n = 32
+n = {n}
 size = 64
 chunk_size = 16
-workers = 1
+workers = {workers}
 overrides = {{ augment = {{ rotate = 5, center_crop = 64, crop = 64 }} }}
 
 [train]
-steps = 2
+steps = {steps}
 batch_size = 8
 device = "cpu"
 loader_workers = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,25 +27,47 @@ def _log(out: Path) -> list[dict]:
 
 
 def test_a_second_run_skips_every_finished_stage(tiny_config, two_categories, local_ray, tmp_path):
-    config = load_config(tiny_config(tmp_path / "c.toml", two_categories, tmp_path / "out",
-                                     seeds=(0,)))
+    out = tmp_path / "out"
+    config = load_config(tiny_config(tmp_path / "c.toml", two_categories, out, seeds=(0,)))
     first = run_pipeline(config, progress=False)
     assert [o.error for o in first] == [None, None]
     assert [o.ran for o in first] == [["generate", "train", "evaluate"]] * 2
     second = run_pipeline(config, progress=False)
     assert [o.ran for o in second] == [[], []]
     assert second[0].metrics == first[0].metrics
+    # one category fewer and more workers: the remaining job's outputs are still right
+    fewer = load_config(tiny_config(tmp_path / "d.toml", two_categories, out, seeds=(0,),
+                                    categories=CATEGORIES[:1], workers=2))
+    (third,) = run_pipeline(fewer, progress=False)
+    assert third.ran == [] and third.metrics == first[0].metrics
 
 
-def test_changing_the_protocol_reruns_only_evaluation(tiny_config, two_categories, local_ray,
-                                                       tmp_path):
+def test_a_rerun_redoes_exactly_the_stages_whose_settings_or_outputs_changed(
+        tiny_config, two_categories, local_ray, tmp_path):
     out = tmp_path / "out"
-    run_pipeline(load_config(tiny_config(tmp_path / "a.toml", two_categories, out, seeds=(0,))),
-                 progress=False)
-    again = run_pipeline(load_config(tiny_config(tmp_path / "b.toml", two_categories, out,
-                                                 seeds=(0,), protocol="mvtec")), progress=False)
-    assert [o.ran for o in again] == [["evaluate"], ["evaluate"]]
-    assert again[0].metrics["protocol"] == "mvtec"
+    job = out / CATEGORIES[0] / "seed0"
+
+    def run(name: str, **options) -> list[str]:
+        path = tiny_config(tmp_path / name, two_categories, out, seeds=(0,),
+                           categories=CATEGORIES[:1], **options)
+        (outcome,) = run_pipeline(load_config(path), progress=False)
+        assert outcome.error is None, outcome.error
+        return outcome.ran
+
+    assert run("a.toml") == ["generate", "train", "evaluate"]
+    # settings: each stage is redone when its own settings or an upstream stage's change
+    assert run("b.toml", protocol="mvtec") == ["evaluate"]
+    assert json.loads((job / "eval" / "metrics.json").read_text())["protocol"] == "mvtec"
+    assert run("c.toml", protocol="mvtec", steps=3) == ["train", "evaluate"]
+    # outputs: a stage marked done is redone when what it wrote is gone
+    (job / "run" / "model.pt").unlink()
+    assert run("c.toml", protocol="mvtec", steps=3) == ["train", "evaluate"]
+    assert (job / "run" / "model.pt").is_file()
+    (job / "eval" / "metrics.json").unlink()
+    assert run("c.toml", protocol="mvtec", steps=3) == ["evaluate"]
+    shutil.rmtree(job / "shards.zarr")
+    assert run("c.toml", protocol="mvtec", steps=3) == ["generate", "train", "evaluate"]
+    assert run("c.toml", protocol="mvtec", steps=3) == []
 
 
 def test_a_failed_category_is_reported_and_the_others_finish(tiny_config, two_categories, local_ray,
