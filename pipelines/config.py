@@ -340,8 +340,11 @@ def _check_categories(path: Path, parsed: PipelineFile, categories: list[str]) -
     if twice:
         raise ConfigError(f"{path}: seeds: {twice[0]} is given twice")
     generate = parsed.generate
+    # Budgets of known MVTec categories may stay when the category list is cut down;
+    # any other name is a typo that would silently fall back to n.
+    known = set(categories) | (set(MVTEC_CATEGORIES) if parsed.source.kind == "mvtec" else set())
     for name in generate.n_by_category:
-        if name not in categories:
+        if name not in known:
             raise ConfigError(f"{path}: [generate] n_by_category.{name}: not a category of "
                               f"[source] ({_hint(name, categories)})")
     for category in categories:

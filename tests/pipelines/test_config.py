@@ -58,6 +58,12 @@ def test_n_by_category_overrides_n(tmp_path):
     assert (config.n_for("bottle"), config.n_for("zipper")) == (10, 76800)
 
 
+def test_budgets_of_mvtec_categories_not_run_may_stay(tmp_path):
+    text = edit("n = 10", "n = 10\nn_by_category = { zipper = 76800, screw = 70400 }")
+    config = load_config(write(tmp_path, text))
+    assert [job.category for job in config.jobs()] == ["bottle", "bottle", "zipper", "zipper"]
+
+
 def test_out_option_replaces_the_configs_out(tmp_path):
     path = write(tmp_path, edit('out = "o"\n', ""))
     assert load_config(path, tmp_path / "x").out == tmp_path / "x"
