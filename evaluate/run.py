@@ -3,20 +3,28 @@
 :func:`evaluate` takes test sets (from :mod:`nsa.evaluate.testsets`), runs the model batch
 by batch, computes image AUROC/AP, pixel AUROC/AP and AU-PRO per set under one protocol,
 and writes into ``out``: ``metrics.json``, ``metrics.csv``, ``metrics.md``,
-``maps/<set>/<defect>/<image>.png`` and ``curves.png``. Its keyword names are the CLI's
-option names.
+``maps/<set>/<defect>/<image>.png``, ``curves.png`` and ``report.html``; with the run's
+calibration, decisions at its threshold too (:mod:`nsa.evaluate.eval_decisions`). Its
+keyword names are the CLI's option names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from nsa.evaluate.eval_decisions import (
+    evaluation_thresholds,
+    report_rows,
+    set_decisions,
+    thresholds_record,
+    write_decision_outputs,
+)
 from nsa.evaluate.inference import (
     Geometry,
     anomaly_maps,
@@ -34,6 +42,7 @@ from nsa.evaluate.pictures import (
     write_curves,
     write_picture,
 )
+from nsa.evaluate.report import thumbnail
 from nsa.evaluate.tables import mean_row, paper_figures, write_tables
 from nsa.evaluate.testsets import TestSet, read_test_image
 from nsa.generate.images import resize_square
@@ -65,6 +74,7 @@ class ScoredSet:
     maps: np.ndarray | list[np.ndarray] | None
     masks: np.ndarray | list[np.ndarray] | None
     pictures: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+    thumbnails: list[str] = field(default_factory=list)  # report.html, one per image
 
 
 def score_testset(
@@ -82,7 +92,7 @@ def score_testset(
     """Run the model over ``testset`` batch by batch and keep what the metrics need."""
     side = geometry.side
     chosen = set(picture_indices(len(testset.images), max_pictures).tolist())
-    scores, maps, masks, pictures = [], [], [], {}
+    scores, maps, masks, pictures, thumbnails = [], [], [], {}, []
     for start in range(0, len(testset.images), batch_size):
         batch = testset.images[start : start + batch_size]
         decoded = [read_test_image(image, channels, testset.has_masks) for image in batch]
@@ -108,6 +118,7 @@ def score_testset(
             scores.append(image_score(metric_map, protocol))
             if index in chosen:
                 pictures[index] = (resized[offset], side_map, side_mask)
+            thumbnails.append(thumbnail(resized[offset], side_map, side_mask))
         advance(len(batch))
     if testset.has_masks and protocol == "nsa":
         maps, masks = np.stack(maps), np.stack(masks)  # one (N, H, W) stack: the fast path
@@ -117,6 +128,7 @@ def score_testset(
         maps=maps if testset.has_masks else None,
         masks=masks if testset.has_masks else None,
         pictures=pictures,
+        thumbnails=thumbnails,
     )
 
 
@@ -186,10 +198,11 @@ def evaluate(
     run = load_run(model, device)
     net, config, geometry, channels, torch_device = (
         run.net, run.config, run.geometry, run.channels, run.device)
+    limits = evaluation_thresholds(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    rows, curves = {}, []
+    rows, curves, report = {}, [], []
     bar = progress_bar("images")
     bar.disable = not progress
     with bar:
@@ -202,6 +215,8 @@ def evaluate(
                 advance=lambda n: bar.advance(task, n),
             )
             rows[testset.name] = metrics_row(testset, scored)
+            rows[testset.name]["decisions"] = set_decisions(testset, scored, limits, protocol)
+            report += report_rows(testset, scored, limits, protocol)
             write_set_pictures(out, testset, scored)
             curves.append(set_curves(testset, scored))
             del scored
@@ -217,6 +232,7 @@ def evaluate(
             "geometry": geometry.record(),
         },
         "fpr_limit": FPR_LIMIT,
+        "thresholds": thresholds_record(limits, protocol),
         "categories": rows,
         "mean": mean_row(list(rows.values())),
         "settings": {"device": str(torch_device), "batch_size": batch_size,
@@ -226,4 +242,5 @@ def evaluate(
     }
     write_tables(result, out)
     write_curves(out / "curves.png", curves, FPR_LIMIT)
+    write_decision_outputs(out, result, report, limits)
     return result

@@ -5,16 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from nsa.train.export import export_command
 from nsa.train.trainer import TrainConfig, train
 
+from nsa.default_command import DefaultCommandGroup
 from nsa.errors import cli_errors
 from nsa.version_option import show_version
 
-app = typer.Typer(add_completion=False, no_args_is_help=True)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, cls=DefaultCommandGroup,
+    help="Train the NSA model (`nsa-train --shards ... --out RUN`, the same as `nsa-train "
+    "train ...`), or export a trained run (`nsa-train export RUN`).",
+)
 
 
 
-@app.command()
+@app.command("train")
 def main(
     shards: list[Path] = typer.Option(
         None, "--shards", help="Store(s) to train on: --shards A B C (or repeat --shards).",
@@ -59,6 +65,9 @@ def main(
         )
         run_dir = train(config)
         print(run_dir)
+
+
+app.command("export")(export_command)
 
 
 if __name__ == "__main__":
