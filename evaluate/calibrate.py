@@ -8,6 +8,7 @@ guarantee it carries, is described in :mod:`nsa.evaluate.calibration`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,14 @@ def calibrate(
     with writing(path):
         write_json(record, path)
     return record
+
+
+def calibrate_held_out_elpv(run: str | Path, cell_type: str, progress: bool = True
+                            ) -> dict[str, Any]:
+    """The pipeline's calibration of an ELPV run: on the calibration half of the held-out
+    functional cells (:func:`elpv_calibration_split`), at 1 % when they are enough to
+    certify it, else at the smallest whole percent they certify (2 % for the 74 mono
+    cells). Evaluation then leaves those cells out of its decision counts."""
+    n = len(elpv_calibration_split(cell_type)[0])
+    max_fpr = max(DEFAULT_MAX_FPR, math.ceil(round(100 / (n + 1), 9)) / 100)
+    return calibrate(run, f"{ELPV_PREFIX}{cell_type}", max_fpr=max_fpr, progress=progress)
