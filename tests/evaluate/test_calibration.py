@@ -127,3 +127,19 @@ def test_calibrate_cli_refuses_19_images_in_one_line(own_run: Path, good_folder:
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --good: 19 good images")
     assert not (own_run / "calibration.json").exists()
+
+
+def test_the_pipeline_calibrates_elpv_on_the_even_half_of_the_held_out_cells(
+    own_run: Path
+) -> None:
+    from nsa.evaluate.calibrate import calibrate_held_out_elpv, elpv_calibration_split
+    from nsa.generate.sources import elpv_split
+
+    calibration, rest = elpv_calibration_split("mono")
+    held_out = [Path(p) for p in elpv_split("mono").test_good]
+    assert sorted(calibration + rest) == sorted(held_out) and not set(calibration) & set(rest)
+    record = calibrate_held_out_elpv(own_run, "mono", progress=False)
+    assert record["n_images"] == len(calibration) == 74
+    assert record["max_fpr"] == 0.02  # 74 images cannot certify 1 %: 1/75 = 1.33 %
+    assert [item["file"] for item in record["images"]] == [str(p.resolve())
+                                                           for p in calibration]
