@@ -91,7 +91,7 @@ def predict(
                 write_picture(out / "maps" / f"{path.stem}.png", panel)
                 rows.append((path.name, mean, top, decision))
                 report_rows.append(ReportRow(path.name, "", None, mean, decision,
-                                             thumbnail(image, anomaly_map)))
+                                             thumbnail(image, anomaly_map, decision.mask)))
             bar.advance(task, len(batch))
 
     scores = out / "scores.csv"

@@ -46,8 +46,13 @@ class ReportRow:
 def thumbnail(image: np.ndarray, side_map: np.ndarray, mask: np.ndarray | None = None) -> str:
     """A JPEG data URI of the overlay (image | heat map), :data:`THUMB_HEIGHT` px high.
 
-    ``image`` (side, side, C) uint8, ``side_map`` float (side, side), ``mask`` bool or None.
+    ``image`` (side, side, C) uint8, ``side_map`` float (side, side), ``mask`` bool (any
+    size: a ground truth, or a predicted defect mask at the image's resolution) or None;
+    its outline is drawn in green.
     """
+    if mask is not None and mask.shape != side_map.shape:
+        mask = cv2.resize(mask.astype(np.uint8), side_map.shape[::-1],
+                          interpolation=cv2.INTER_NEAREST).astype(bool)
     panel = overlay_panel(image, side_map, mask, "", min_side=1)
     scale = THUMB_HEIGHT / panel.shape[0]
     width = max(1, round(panel.shape[1] * scale))
@@ -144,6 +149,7 @@ def write_report(
         order_note=("Worst first: false alarms (highest score first), then misses (lowest "
                     "score first), then the rest by score." if labelled else
                     "Highest score first."),
+        outline_note="the ground truth" if labelled else "the predicted defect",
         provenance=[(k, v if isinstance(v, str) else json.dumps(v))
                     for k, v in (provenance or {}).items()],
     )
