@@ -31,18 +31,28 @@ def calibrated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     ``good`` (the calibration images), ``new`` (3 good + 2 defective, odd sizes)."""
     base = tmp_path_factory.mktemp("calibrated")
     run = Path(shutil.copytree(trained_run, base / "run"))
-    from tests.evaluate.conftest import _sample_image, _write_png
-
     for i in range(20):
-        _write_png(base / "good" / f"g{i:02d}.png", _sample_image(700 + i, side=50)[0])
+        _png(base / "good" / f"g{i:02d}.png", _image(700 + i))
     for i in range(3):
-        _write_png(base / "new" / f"ok{i}.png", _sample_image(800 + i, side=50)[0][:, :40])
+        _png(base / "new" / f"ok{i}.png", _image(800 + i)[:, :40])
     for i in range(2):
-        image, mask = _sample_image(900 + i, side=50, defect=True)
-        _write_png(base / "new" / f"bad{i}.png", image)
-        _write_png(base / "masks" / f"bad{i}_mask.png", mask)
+        _png(base / "new" / f"bad{i}.png", _image(900 + i, defect=True))
     calibrate(run, base / "good", max_fpr=0.05, batch_size=8, progress=False)
     return {"run": run, "base": base}
+
+
+def _image(seed: int, defect: bool = False) -> np.ndarray:
+    """A 50 px grey-textured RGB image, with a bright square when ``defect``."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(60, 120, (50, 50, 3)).astype(np.uint8)
+    if defect:
+        image[15:25, 20:30] = 230
+    return image
+
+
+def _png(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), pixels)
 
 
 def _rows(path: Path) -> dict[str, dict[str, str]]:
