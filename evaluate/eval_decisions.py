@@ -55,10 +55,9 @@ def report_rows(testset: Any, scored: Any, limits: Thresholds, protocol: str
         score = float(scored.scores[index])
         decision = (Decision(limits.normalized(score), bool(score > limits.image), None, None)
                     if decides else Decision(None, None, None, None))
-        thumbs = getattr(scored, "thumbnails", None) or []
         rows.append(ReportRow(f"{testset.name}/{image.defect}/{image.path.name}",
                               image.defect, int(image.label), score, decision,
-                              thumbs[index] if index < len(thumbs) else None))
+                              scored.thumbnails[index]))
     return rows
 
 

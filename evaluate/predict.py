@@ -111,11 +111,11 @@ def predict(
         "images": str(Path(images).resolve()),
         "n_images": len(files),
         "geometry": geometry.record(),
-        "model": run.record(),
+        "model": (model_record := run.record()),
         "thresholds": {"source": limits.source, "image": limits.image, "pixel": limits.pixel,
                        "calibration_created": (limits.calibration or {}).get("created")},
         "n_anomalous": sum(1 for *_, d in rows if d.anomalous),
-        "settings": {"device": run.record()["device"], "batch_size": batch_size},
+        "settings": {"device": model_record["device"], "batch_size": batch_size},
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
