@@ -38,12 +38,17 @@ def set_decisions(testset: Any, scored: Any, limits: Thresholds, protocol: str
     """Decision metrics of one set at the calibrated threshold, or None without one."""
     if not limits.decides or protocol != "nsa":
         return None
+    return decision_metrics(scored.scores, scored.labels, limits.image,
+                            calibration_flags(testset, limits))
+
+
+def calibration_flags(testset: Any, limits: Thresholds) -> np.ndarray:
+    """Bool (N,): which good test images were calibration images (same SHA-256)."""
     used = calibration_hashes(limits.calibration)
-    was_calibration = np.array([
+    return np.array([
         image.label == 0 and bool(used) and file_sha256(image.path) in used
         for image in testset.images
     ], dtype=bool)
-    return decision_metrics(scored.scores, scored.labels, limits.image, was_calibration)
 
 
 def report_rows(testset: Any, scored: Any, limits: Thresholds, protocol: str
@@ -51,13 +56,14 @@ def report_rows(testset: Any, scored: Any, limits: Thresholds, protocol: str
     """One report row per test image of the set."""
     rows = []
     decides = limits.decides and protocol == "nsa"
+    used = calibration_flags(testset, limits)
     for index, image in enumerate(testset.images):
         score = float(scored.scores[index])
         decision = (Decision(limits.normalized(score), bool(score > limits.image), None, None)
                     if decides else Decision(None, None, None, None))
         rows.append(ReportRow(f"{testset.name}/{image.defect}/{image.path.name}",
                               image.defect, int(image.label), score, decision,
-                              scored.thumbnails[index]))
+                              scored.thumbnails[index], calibration=bool(used[index])))
     return rows
 
 

@@ -33,7 +33,8 @@ JPEG_QUALITY = 80
 
 @dataclass(frozen=True)
 class ReportRow:
-    """One image of the table. ``label`` None for unlabelled images; ``thumb`` a data URI."""
+    """One image of the table. ``label`` None for unlabelled images; ``thumb`` a data URI;
+    ``calibration``: a calibration image (its outcome is not counted, it is listed last)."""
 
     file: str
     defect: str
@@ -41,6 +42,7 @@ class ReportRow:
     score: float
     decision: Decision
     thumb: str | None
+    calibration: bool = False
 
 
 def thumbnail(image: np.ndarray, side_map: np.ndarray, mask: np.ndarray | None = None) -> str:
@@ -72,9 +74,12 @@ def png_data_uri(path: Path) -> str | None:
 
 
 def worst_first(rows: list[ReportRow]) -> list[ReportRow]:
-    """False alarms (score descending), misses (ascending), then the rest (descending)."""
+    """False alarms (score descending), misses (ascending), the rest (descending), then
+    calibration images."""
 
     def key(row: ReportRow) -> tuple[int, float]:
+        if row.calibration:
+            return 3, -row.score
         kind = outcome(row.label, row.decision.anomalous)
         if kind == "false alarm":
             return 0, -row.score
@@ -132,7 +137,8 @@ def write_report(
             "file": row.file, "defect": row.defect, "score": row.score, "thumb": row.thumb,
             "normalized": "" if d.normalized is None else f"{d.normalized:.4f}",
             "normalized_value": "" if d.normalized is None else f"{d.normalized:.6f}",
-            "decision": decision, "outcome": outcome(row.label, d.anomalous),
+            "decision": decision,
+            "outcome": "calibration image" if row.calibration else outcome(row.label, d.anomalous),
             "area": "" if d.defect_area_px is None else str(d.defect_area_px),
             "area_value": "" if d.defect_area_px is None else str(d.defect_area_px),
         })

@@ -134,7 +134,9 @@ def test_evaluation_reports_decisions_leaving_calibration_images_out(calibrated:
     assert decisions["miss_rate"] == pytest.approx((2 - caught) / 2)
     assert "Decisions at the calibrated image threshold" in (tmp_path / "eval" /
                                                             "metrics.md").read_text()
-    assert (tmp_path / "eval" / "report.html").is_file()
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert report.count('data-outcome="calibration image"') == 20
+    assert report.count('data-outcome="false alarm"') == flagged_good
 
 
 def test_onnx_export_gives_the_torch_maps_and_carries_the_calibration(
