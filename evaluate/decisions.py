@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from nsa.evaluate.calibration import Thresholds, summary_line
+from nsa.evaluate.calibration import (
+    Thresholds,
+    calibration_hashes,
+    file_sha256,
+    summary_line,
+)
 from nsa.evaluate.inference import resize_map
 
 
@@ -66,6 +71,17 @@ def say_thresholds(limits: Thresholds) -> None:
     else:
         print(f"thresholds ({limits.source}): image {limits.image}, pixel {limits.pixel}",
               file=sys.stderr)
+
+
+def count_calibration_images(files: list, limits: Thresholds) -> int:
+    """How many of ``files`` were calibration images (same SHA-256); warns when any are:
+    their false-alarm rate is biased low, as the threshold was taken on them."""
+    used = calibration_hashes(limits.calibration)
+    count = sum(1 for f in files if used and file_sha256(f) in used)
+    if count:
+        print(f"warning: {count} of these {len(files)} images were calibration images; "
+              "a false-alarm rate measured on them is biased low", file=sys.stderr)
+    return count
 
 
 def decision_metrics(

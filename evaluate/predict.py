@@ -24,7 +24,12 @@ from pathlib import Path
 import numpy as np
 from nsa.evaluate.backends import load_backend
 from nsa.evaluate.calibration import thresholds
-from nsa.evaluate.decisions import decide, say_thresholds, say_uncalibrated
+from nsa.evaluate.decisions import (
+    count_calibration_images,
+    decide,
+    say_thresholds,
+    say_uncalibrated,
+)
 from nsa.evaluate.inference import image_score
 from nsa.evaluate.pictures import overlay_panel, write_picture
 from nsa.evaluate.report import REPORT_FILE, ReportRow, thumbnail, write_report
@@ -115,6 +120,7 @@ def predict(
         "thresholds": {"source": limits.source, "image": limits.image, "pixel": limits.pixel,
                        "calibration_created": (limits.calibration or {}).get("created")},
         "n_anomalous": sum(1 for *_, d in rows if d.anomalous),
+        "n_calibration_images": count_calibration_images(files, limits),
         "settings": {"device": model_record["device"], "batch_size": batch_size},
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -65,7 +65,11 @@ def test_predict_decides_per_image_and_writes_masks_at_native_size(calibrated: d
     run, base = calibrated["run"], calibrated["base"]
     threshold = json.loads((run / "calibration.json").read_text())["image_threshold"]
     rows = _rows(predict(run, base / "new", base / "out", progress=False))
-    assert "calibrated: image threshold" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "calibrated: image threshold" in err and "calibration images" not in err
+    assert json.loads((base / "out" / "predict.json").read_text())["n_calibration_images"] == 0
+    predict(run, base / "good", base / "again", progress=False)
+    assert "20 of these 20 images were calibration images" in capsys.readouterr().err
     for name, row in rows.items():
         score = float(np.load(base / "out" / "maps" / f"{Path(name).stem}.npy")
                       .mean(dtype=np.float64))
