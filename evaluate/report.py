@@ -150,7 +150,7 @@ def write_report(
         title=title, subtitle=subtitle, rows=table_rows,
         decisions=[*threshold_facts(limits), *decisions], metrics=list(metrics),
         curves=png_data_uri(curves) if curves else None,
-        defects=sorted({r["defect"] for r in table_rows}),
+        defects=sorted({r["defect"] for r in table_rows if r["defect"]}),
         decisions_seen=sorted({r["decision"] for r in table_rows if r["decision"]}),
         order_note=("Worst first: false alarms (highest score first), then misses (lowest "
                     "score first), then the rest by score." if labelled else
