@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from nsa.evaluate.calibrate import calibrate as calibrate_run
+from nsa.evaluate.calibration import DEFAULT_MAX_FPR, summary_line
+from nsa.evaluate.eval_decisions import decisions_markdown
 from nsa.evaluate.predict import predict as predict_images
 from nsa.evaluate.run import evaluate
 from nsa.evaluate.tables import markdown
@@ -56,7 +59,7 @@ def _run(testsets: list[TestSet], model, out, protocol, device, batch_size, max_
         testsets, model, out, protocol=protocol, device=device, batch_size=batch_size,
         max_pictures=max_pictures, progress=progress,
     )
-    print(markdown(result), end="")
+    print(markdown(result) + decisions_markdown(result), end="")
 
 
 @app.command()
@@ -121,11 +124,40 @@ def elpv(
 @app.command()
 def predict(
     images: Path = typer.Option(..., help="Folder of unlabelled images."),
-    model: Path = MODEL,
+    model: Path = typer.Option(
+        ..., "--model", help="Run directory written by nsa-train, or its exported model.onnx."
+    ),
     out: Path = typer.Option(..., help="Folder for maps/ (.png, .npy) and scores.csv."),
     device: str = DEVICE, batch_size: int = BATCH_SIZE, progress: bool = PROGRESS,
+    threshold: float = typer.Option(
+        None, help="Image threshold on score_mean in [0, 1] (default: the calibrated one)."
+    ),
+    pixel_threshold: float = typer.Option(
+        None, help="Map value in [0, 1] above which a pixel is defective (default: calibrated)."
+    ),
 ) -> None:
-    """Anomaly maps and image scores for new, unlabelled images."""
+    """Anomaly maps, image scores and decisions for new, unlabelled images; report.html."""
     with cli_errors():
         print(predict_images(model, images, out, device=device, batch_size=batch_size,
-                             progress=progress))
+                             progress=progress, threshold=threshold,
+                             pixel_threshold=pixel_threshold))
+
+
+@app.command()
+def calibrate(
+    model: Path = MODEL,
+    good: str = typer.Option(
+        ..., help="Held-out good images: a folder, a text file listing image paths, or "
+        "elpv:TYPE (the calibration half of the held-out functional cells)."
+    ),
+    max_fpr: float = typer.Option(
+        DEFAULT_MAX_FPR, help="Target false-alarm rate on good images, in (0, 0.5]."
+    ),
+    device: str = DEVICE, batch_size: int = BATCH_SIZE, progress: bool = PROGRESS,
+) -> None:
+    """Image and pixel thresholds at a target false-alarm rate, from good images that
+    training never saw; written to RUN/calibration.json (split-conformal guarantee)."""
+    with cli_errors():
+        record = calibrate_run(model, good, max_fpr=max_fpr, device=device,
+                               batch_size=batch_size, progress=progress)
+        print(summary_line(record))

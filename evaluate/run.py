@@ -3,8 +3,9 @@
 :func:`evaluate` takes test sets (from :mod:`nsa.evaluate.testsets`), runs the model batch
 by batch, computes image AUROC/AP, pixel AUROC/AP and AU-PRO per set under one protocol,
 and writes into ``out``: ``metrics.json``, ``metrics.csv``, ``metrics.md``,
-``maps/<set>/<defect>/<image>.png`` and ``curves.png``. Its keyword names are the CLI's
-option names.
+``maps/<set>/<defect>/<image>.png``, ``curves.png`` and ``report.html``; with the run's
+calibration, decisions at its threshold too (:mod:`nsa.evaluate.eval_decisions`). Its
+keyword names are the CLI's option names.
 
 Everything that can be checked is checked before ``out`` is touched (options, ``out`` not
 a file, no empty image or mask file, a model with finite weights). ``metrics.json`` is
@@ -20,13 +21,21 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from nsa.evaluate.eval_decisions import (
+    decisions_markdown,
+    evaluation_thresholds,
+    report_rows,
+    set_decisions,
+    thresholds_record,
+    write_decision_report,
+)
 from nsa.evaluate.inference import (
     Geometry,
     anomaly_maps,
@@ -45,6 +54,7 @@ from nsa.evaluate.pictures import (
     write_curves,
     write_picture,
 )
+from nsa.evaluate.report import thumbnail
 from nsa.evaluate.tables import mean_row, paper_figures, write_tables
 from nsa.evaluate.testsets import TestSet, check_files, read_test_image
 from nsa.generate.images import depth_mismatch, resize_square
@@ -78,6 +88,7 @@ class ScoredSet:
     masks: np.ndarray | list[np.ndarray] | None
     pictures: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
     empty_masks: list[Path]
+    thumbnails: list[str] = field(default_factory=list)  # report.html, one per image
 
 
 def score_testset(
@@ -101,7 +112,7 @@ def score_testset(
     """
     side = geometry.side
     chosen = set(picture_indices(len(testset.images), max_pictures).tolist())
-    scores, maps, masks, pictures, empty = [], [], [], {}, []
+    scores, maps, masks, pictures, empty, thumbnails = [], [], [], {}, [], []
     for start in range(0, len(testset.images), batch_size):
         batch = testset.images[start : start + batch_size]
         decoded = [read_test_image(image, channels, testset.has_masks, white_level)
@@ -131,6 +142,7 @@ def score_testset(
             scores.append(image_score(metric_map, protocol))
             if index in chosen:
                 pictures[index] = (resized[offset], side_map, side_mask)
+            thumbnails.append(thumbnail(resized[offset], side_map, side_mask))
         advance(len(batch))
     if testset.has_masks and protocol == "nsa":
         maps, masks = np.stack(maps), np.stack(masks)  # one (N, H, W) stack: the fast path
@@ -141,6 +153,7 @@ def score_testset(
         masks=masks if testset.has_masks else None,
         pictures=pictures,
         empty_masks=empty,
+        thumbnails=thumbnails,
     )
 
 
@@ -237,11 +250,12 @@ def evaluate(
     run = load_run(model, device)
     net, config, geometry, channels, torch_device = (
         run.net, run.config, run.geometry, run.channels, run.device)
+    limits = evaluation_thresholds(model)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").unlink(missing_ok=True)  # a failed run must not look finished
 
-    rows, curves, warnings = {}, [], []
+    rows, curves, warnings, report = {}, [], [], []
     for testset in testsets:  # the first image of each set stands for its bit depth
         mismatch = depth_mismatch(testset.images[0].path, run.white_level)
         if mismatch:
@@ -262,6 +276,8 @@ def evaluate(
             if empty:
                 warn(empty, warnings)
             rows[testset.name] = metrics_row(testset, scored)
+            rows[testset.name]["decisions"] = set_decisions(testset, scored, limits, protocol)
+            report += report_rows(testset, scored, limits, protocol)
             write_set_pictures(out, testset, scored)
             curves.append(set_curves(testset, scored))
             del scored
@@ -279,6 +295,7 @@ def evaluate(
         },
         "fpr_limit": FPR_LIMIT,
         "warnings": warnings,
+        "thresholds": thresholds_record(limits, protocol),
         "categories": rows,
         "mean": mean_row(list(rows.values())),
         "settings": {"device": str(torch_device), "batch_size": batch_size,
@@ -287,5 +304,7 @@ def evaluate(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_curves(out / "curves.png", curves, FPR_LIMIT)
-    write_tables(result, out)  # metrics.json last: the mark of a finished evaluation
+    write_decision_report(out, result, report, limits)
+    # metrics.json last: the mark of a finished evaluation
+    write_tables(result, out, extra_markdown=decisions_markdown(result))
     return result

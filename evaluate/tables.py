@@ -98,8 +98,9 @@ def to_json_value(value: Any) -> Any:
     return value
 
 
-def write_tables(result: dict[str, Any], out: Path) -> list[Path]:
-    """Write metrics.csv, metrics.md and, last and atomically, metrics.json into ``out``.
+def write_tables(result: dict[str, Any], out: Path, extra_markdown: str = "") -> list[Path]:
+    """Write metrics.csv, metrics.md (``extra_markdown`` appended) and, last and
+    atomically, metrics.json into ``out``.
 
     A failed write (e.g. no space left) raises a one-line error naming the file.
     """
@@ -119,7 +120,7 @@ def write_tables(result: dict[str, Any], out: Path) -> list[Path]:
                 + [_csv_number(paper.get(m)) for m in PAPER_METRICS]
             )
     with writing(md_path):
-        md_path.write_text(markdown(result))
+        md_path.write_text(markdown(result) + extra_markdown)
     write_text_atomic(json_path, json.dumps(to_json_value(result), indent=2) + "\n")
     return [json_path, csv_path, md_path]
 

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nsa.evaluate.calibrate import calibrate_held_out_elpv
 from nsa.evaluate.run import evaluate
 from nsa.evaluate.testsets import (
     TestSet,
@@ -266,6 +267,8 @@ def run_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
     write_marker(directory, "evaluate", digest, done=False, input_id=run_id)
     if plan.eval_dir.exists():
         shutil.rmtree(plan.eval_dir)
+    if config.source["kind"] == "elpv":  # held-out good cells: calibrate on half of them
+        calibrate_held_out_elpv(plan.run, plan.job.category, progress)
     evaluate(test_sets(config, plan.job.category), plan.run, plan.eval_dir,
              progress=progress, **plan.evaluate)
     write_marker(directory, "evaluate", digest, done=True, input_id=run_id,

@@ -5,12 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from nsa.train.export import export_command
 from nsa.train.trainer import TrainConfig, train
 
+from nsa.default_command import DefaultCommandGroup
 from nsa.errors import cli_errors
 from nsa.version_option import show_version
 
-app = typer.Typer(add_completion=False, no_args_is_help=True)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, cls=DefaultCommandGroup,
+    help="Train the NSA model (`nsa-train --shards ... --out RUN`, the same as `nsa-train "
+    "train ...`), or export a trained run (`nsa-train export RUN`).",
+)
 _DEFAULTS = TrainConfig()
 
 
@@ -20,7 +26,7 @@ def _default(name: str) -> str:
     return str(getattr(_DEFAULTS, name))
 
 
-@app.command()
+@app.command("train")
 def main(
     shards: list[Path] = typer.Option(
         None, "--shards", help="Store(s) to train on: --shards A B C (or repeat --shards).",
@@ -92,6 +98,10 @@ def main(
         given = {name: value for name, value in options.items() if value is not None}
         run_dir = train(TrainConfig(**given), given=set(given))
         print(run_dir)
+
+
+app.command("export")(export_command)
+
 
 if __name__ == "__main__":
     app()
