@@ -267,7 +267,7 @@ def run_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
     write_marker(directory, "evaluate", digest, done=False, input_id=run_id)
     if plan.eval_dir.exists():
         shutil.rmtree(plan.eval_dir)
-    if config.source["kind"] == "elpv":  # held-out good cells: calibrate on half of them
+    if isinstance(config.source, ElpvSource):  # held-out good cells: calibrate on half
         calibrate_held_out_elpv(plan.run, plan.job.category, progress)
     evaluate(test_sets(config, plan.job.category), plan.run, plan.eval_dir,
              progress=progress, **plan.evaluate)
