@@ -6,7 +6,8 @@ with a time limit, inside a scratch folder that the script builds first (small i
 folders, one small store, one short run). A case is **handled** when the command
 
 - exits with the expected code (2 for bad input, 1 for a failed check or environment),
-- prints exactly one ``error:`` line on stderr (``warning:`` lines may precede it),
+- prints exactly one ``error:`` line on stderr (``warning:`` lines may precede it), or
+  typer's own usage message for a missing or malformed option (exit 2),
 - prints no Python traceback, and
 - returns within the time limit.
 
@@ -296,6 +297,8 @@ def verdict(case: Case, result: subprocess.CompletedProcess | None) -> str:
         return "traceback"
     if result.returncode not in case.codes:
         return f"exit {result.returncode}"
+    if result.returncode == 2 and stderr.startswith("Usage: "):
+        return "handled"  # typer's own usage error: a missing or malformed option
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     if len(errors) != 1:
         return f"{len(errors)} error lines"
