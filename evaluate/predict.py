@@ -106,7 +106,7 @@ def predict(
             ):
                 mean, top = image_score(anomaly_map, "nsa"), image_score(anomaly_map, "mvtec")
                 decision = decide(anomaly_map, pixels.shape[:2], limits)
-                if decision.mask is not None:
+                if decision.anomalous and decision.mask is not None:
                     write_picture(out / "maps" / f"{path.stem}_mask.png",
                                   decision.mask.astype(np.uint8) * 255)
                 with writing(out / "maps" / f"{path.stem}.npy"):

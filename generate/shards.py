@@ -470,8 +470,9 @@ def verify_store(path: str | Path, *, progress: bool = False) -> int:
     """Re-check every chunk of the store at ``path``; return how many were checked.
 
     Raises :class:`~nsa.errors.CheckFailed` (exit 1) naming every missing, unreadable or
-    corrupted chunk by index, or the store's first structural damage; the store may be
-    incomplete (its missing chunks are named). A missing or non-store ``path`` raises
+    corrupted chunk by index, or the store's first structural damage. An incomplete store
+    whose written chunks are intact raises CheckFailed saying so (``--resume`` finishes
+    it). A missing or non-store ``path`` raises
     :class:`StoreError` (exit 2).
     """
     try:
@@ -483,16 +484,25 @@ def verify_store(path: str | Path, *, progress: bool = False) -> int:
     bar.disable = not progress
     bar.start()
     task = bar.add_task("verifying", total=store.n_chunks)
+    unwritten = 0
     try:
         written = store.written_chunks()  # once: one file per chunk
         for index in range(store.n_chunks):
-            problem = store.chunk_problem(index, bool(written[index]))
-            if problem:
-                bad.append(f"chunk {index} {problem}")
+            if not store.complete and not written[index]:
+                unwritten += 1  # not yet generated: --resume makes it, nothing is damaged
+            else:
+                problem = store.chunk_problem(index, bool(written[index]))
+                if problem:
+                    bad.append(f"chunk {index} {problem}")
             bar.advance(task)
     finally:
         bar.stop()
     if bad:
         shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise CheckFailed(f"{store.path}: {len(bad)} of {store.n_chunks} chunks bad: {shown}")
+    if unwritten:
+        raise CheckFailed(
+            f"{store.path}: incomplete, not damaged: {store.n_chunks - unwritten} of "
+            f"{store.n_chunks} chunks written and intact; finish it with the same nsa-gen "
+            "command and --resume")
     return store.n_chunks

@@ -86,7 +86,13 @@ def test_predict_decides_per_image_and_writes_masks_at_native_size(calibrated: d
         assert row["anomalous"] == ("true" if score > threshold else "false")
         assert float(row["normalized_score"]) == pytest.approx(score / (score + threshold),
                                                                abs=2e-6)
-        mask = cv2.imread(str(base / "out" / "maps" / f"{Path(name).stem}_mask.png"),
+        if row["anomalous"] == "false":  # a part that passes gets no outline
+            assert row["defect_area_px"] == "0"
+            assert not (base / "out" / "maps" / f"{Path(name).stem}_mask.png").exists()
+    # every image anomalous: each gets its mask at its own size, area = mask pixels
+    flagged = _rows(predict(run, base / "new", base / "all", threshold=0.0, progress=False))
+    for name, row in flagged.items():
+        mask = cv2.imread(str(base / "all" / "maps" / f"{Path(name).stem}_mask.png"),
                           cv2.IMREAD_UNCHANGED)
         assert mask.shape == ((50, 40) if name.startswith("ok") else (50, 50))
         assert set(np.unique(mask)) <= {0, 255}

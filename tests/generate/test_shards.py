@@ -62,9 +62,20 @@ def test_incomplete_store_is_refused_unless_asked_for(tmp_path):
     assert not shards.open_store(tmp_path / "s.zarr", allow_incomplete=True).complete
 
 
-def test_verify_names_a_chunk_without_a_checksum_as_missing(tmp_path):
+def test_verify_calls_an_interrupted_store_incomplete_not_damaged(tmp_path):
     _store(tmp_path, written=(0, 2))
-    with pytest.raises(CheckFailed, match=r"1 of 3 chunks bad: chunk 1 missing"):
+    with pytest.raises(CheckFailed, match=r"incomplete, not damaged: 2 of 3 chunks written "
+                                          r"and intact; .* --resume"):
+        shards.verify_store(tmp_path / "s.zarr")
+
+
+def test_verify_names_a_bad_chunk_of_an_interrupted_store(tmp_path):
+    _store(tmp_path, written=(0, 2))
+    chunk_file = tmp_path / "s.zarr" / "images" / "c" / "2" / "0" / "0" / "0"
+    data = bytearray(chunk_file.read_bytes())
+    data[-20:] = bytes(20)
+    chunk_file.write_bytes(bytes(data))
+    with pytest.raises(CheckFailed, match=r"1 of 3 chunks bad: chunk 2 "):
         shards.verify_store(tmp_path / "s.zarr")
 
 
