@@ -35,6 +35,7 @@ class MapBackend(Protocol):
     geometry: Geometry
     channels: int
     white_level: int | None
+    warnings: list[str]  # about the model itself, said once and recorded in the output
     calibration: dict[str, Any] | None
 
     def maps(self, images: np.ndarray) -> np.ndarray: ...
@@ -72,6 +73,7 @@ class TorchBackend:
         self.white_level = self.run.white_level
         self.model_sha256 = file_sha256(Path(self.run_dir) / MODEL_FILE)
         self.calibration = read_calibration(Path(self.run_dir), self.model_sha256)
+        self.warnings: list[str] = []
 
     def maps(self, images: np.ndarray) -> np.ndarray:
         return anomaly_maps(self.run.net, images, self.geometry, self.run.device)
@@ -102,6 +104,7 @@ class OnnxBackend:
         white = (self.meta.get("settings") or {}).get("white_level")
         self.white_level = int(white) if white is not None else None
         self.calibration = self.meta.get("calibration")
+        self.warnings = calibration_drift(self.path, self.meta.get("run"), self.calibration)
         options = onnxruntime.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
@@ -131,6 +134,24 @@ class OnnxBackend:
                 "model_sha256": self.meta.get("model_sha256"), "device": "cpu (onnxruntime)",
                 "preset": self.meta.get("preset"), "geometry": self.geometry.record(),
                 "channels": self.channels}
+
+
+def calibration_drift(path: Path, run_dir: str | None,
+                      embedded: dict[str, Any] | None) -> list[str]:
+    """A warning when the run an ONNX file was exported from (if it is still there) has
+    since been calibrated anew: the file keeps the calibration it was exported with."""
+    current = Path(run_dir) / CALIBRATION_FILE if run_dir else None
+    if current is None or not current.is_file():
+        return []
+    try:
+        created = json.loads(current.read_text()).get("created")
+    except (OSError, ValueError):
+        return []
+    if embedded is not None and embedded.get("created") == created:
+        return []
+    kept = f"the calibration of {embedded.get('created')}" if embedded else "no calibration"
+    return [f"{path} carries {kept}, but its run {run_dir} was calibrated on {created}: "
+            "export it again (`nsa-train export RUN`) to use that one"]
 
 
 def onnx_metadata(path: Path) -> dict[str, Any]:

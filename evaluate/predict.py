@@ -86,6 +86,8 @@ def predict(
         say_uncalibrated(str(model))
 
     warnings: list[str] = []
+    for message in run.warnings:
+        warn(message, warnings)
     mismatch = depth_mismatch(files[0], run.white_level)  # the first image stands for all
     if mismatch:
         warn(mismatch, warnings)

@@ -185,6 +185,22 @@ def test_onnx_export_gives_the_torch_maps_and_carries_the_calibration(
     assert record["model"]["kind"] == "onnx" and record["thresholds"]["source"] == "calibration"
 
 
+def test_onnx_says_when_its_run_was_calibrated_again(calibrated: dict, tmp_path: Path,
+                                                     capsys) -> None:
+    run = Path(shutil.copytree(calibrated["run"], tmp_path / "run"))
+    assert runner.invoke(train_app, ["export", str(run), "--format", "onnx"]).exit_code == 0
+    predict(run / "model.onnx", calibrated["base"] / "new", tmp_path / "a", progress=False)
+    assert "calibrated on" not in capsys.readouterr().err
+    calibration = json.loads((run / "calibration.json").read_text())
+    calibration["created"] = "2099-01-01T00:00:00+00:00"  # as `nsa-eval calibrate` again
+    (run / "calibration.json").write_text(json.dumps(calibration))
+    predict(run / "model.onnx", calibrated["base"] / "new", tmp_path / "b", progress=False)
+    said = [line for line in capsys.readouterr().err.splitlines() if "calibrated on" in line]
+    assert len(said) == 1 and "2099-01-01" in said[0] and "export it again" in said[0]
+    record = json.loads((tmp_path / "b" / "predict.json").read_text())
+    assert record["warnings"] == [said[0].removeprefix("warning: ")]
+
+
 def test_torchscript_export_loads_alone_and_matches(calibrated: dict) -> None:
     run = calibrated["run"]
     path = export_model(run, "torchscript")
