@@ -9,10 +9,7 @@ Every stage that uses Ray (generation tasks, Ray Train, cluster batch jobs) ente
   environment variables unless the user set them:
   ``RAY_AUTH_MODE=disabled`` (Ray 2.60 otherwise generates a token and writes it to
   ``~/.ray/auth_token``; a private single-machine instance needs no token) and
-  ``RAY_USAGE_STATS_ENABLED=0``; every session (local or joined) also sets
-  ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER=1`` unless the user did, so that an interrupt ends
-  in one line and exit 130 rather than Ray's C++ stack dump and an abort. Nothing is
-  written under ``$HOME``.
+  ``RAY_USAGE_STATS_ENABLED=0``. Nothing is written under ``$HOME``.
 - ``address`` ("host:port" of a running head node, ``ray://host:port``, or ``auto``)
   joins that cluster with the environment as the user has it (a cluster that uses token
   authentication needs its token, as Ray documents). The port is probed first: ``ray.init``
@@ -52,10 +49,6 @@ CONNECT_TIMEOUT_S = 5.0
 _TEMP_ROOT = "/tmp"
 _TEMP_PREFIX = "nsa-ray-"
 _LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-#: Set for every session unless the user set it: Ray's C++ failure-signal handler dumps a
-#: stack on SIGTERM and made an interrupted nsa-gen abort (exit -6) or segfault at exit
-#: (-11) in 4 of 14 tries; without it, 11 of 11 ended with exit 130 and one line.
-_DRIVER_ENV = {"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
 
 
 def _host_port(address: str, option: str) -> tuple[str, int]:
@@ -219,7 +212,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         remove_stale_temp_dirs()
         temp_dir = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=_TEMP_ROOT)
     try:
-        with _environment({**_DRIVER_ENV, **({} if address else _LOCAL_ENV)}):
+        with _environment({} if address else _LOCAL_ENV):
             _init(address, option, num_cpus, temp_dir)
             yield
     finally:
