@@ -1,28 +1,26 @@
 """``nsa-eval``: evaluate a trained run on a test set, or predict maps for new images.
 
-Thin wrapper: each subcommand builds a test set (:mod:`nsa.evaluate.testsets`) and calls
-:func:`nsa.evaluate.run.evaluate` (or :func:`nsa.evaluate.predict.predict`), then prints
-the markdown table (or the CSV path) on stdout.
+Thin wrapper: one subcommand per dataset of the registry (:data:`nsa.datasets.DATASETS`),
+with the dataset's own options and the shared ones defined here, builds its test sets and
+calls :func:`nsa.evaluate.run.evaluate`, then prints the markdown table on stdout;
+``predict`` and ``calibrate`` work on any images.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
+from nsa.datasets import DATASETS, Dataset
 from nsa.evaluate.calibrate import calibrate as calibrate_run
 from nsa.evaluate.calibration import DEFAULT_MAX_FPR, summary_line
 from nsa.evaluate.eval_decisions import decisions_markdown
 from nsa.evaluate.predict import predict as predict_images
 from nsa.evaluate.run import evaluate
 from nsa.evaluate.tables import markdown
-from nsa.evaluate.testsets import (
-    TestSet,
-    chestxray_testset,
-    elpv_testset,
-    folder_testset,
-    mvtec_testset,
-)
+from nsa.evaluate.testsets import TestSet
 
 from nsa.errors import cli_errors
 from nsa.version_option import show_version
@@ -43,7 +41,6 @@ MAX_PICTURES = typer.Option(20, help="Overlay pictures per test set in maps/ (0:
 PROGRESS = typer.Option(True, help="Show a progress bar.")
 
 
-
 @app.callback()
 def main(
     version: bool = typer.Option(
@@ -53,8 +50,8 @@ def main(
     """Evaluate NSA models: image/pixel AUROC and AP, AU-PRO, tables and pictures."""
 
 
-def _run(testsets: list[TestSet], model, out, protocol, device, batch_size, max_pictures,
-         progress) -> None:
+def _run(testsets: list[TestSet], *, model: Path, out: Path, protocol: str, device: str,
+         batch_size: int, max_pictures: int, progress: bool) -> None:
     result = evaluate(
         testsets, model, out, protocol=protocol, device=device, batch_size=batch_size,
         max_pictures=max_pictures, progress=progress,
@@ -62,63 +59,33 @@ def _run(testsets: list[TestSet], model, out, protocol, device, batch_size, max_
     print(markdown(result) + decisions_markdown(result), end="")
 
 
-@app.command()
-def mvtec(
-    root: Path = typer.Option(..., help="MVTec AD root (holding one folder per category)."),
-    category: list[str] = typer.Option(..., help="Category to evaluate; repeat for several."),
-    model: Path = MODEL, out: Path = OUT, protocol: str = PROTOCOL, device: str = DEVICE,
+def _command(dataset: Dataset) -> Any:
+    """The typer command of ``dataset``: its own options, then the shared ones of
+    :func:`_shared`."""
+    own_names = [p.name for p in dataset.eval_options]
+
+    def command(**values: Any) -> None:
+        with cli_errors():
+            own = {name: values.pop(name) for name in own_names}
+            _run(dataset.testsets(**own), **values)
+
+    parameters = [*dataset.eval_options,
+                  *list(inspect.signature(_shared).parameters.values())]
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__doc__ = dataset.summary
+    return command
+
+
+def _shared(
+    *, model: Path = MODEL, out: Path = OUT, protocol: str = PROTOCOL, device: str = DEVICE,
     batch_size: int = BATCH_SIZE, max_pictures: int = MAX_PICTURES, progress: bool = PROGRESS,
 ) -> None:
-    """MVTec AD test split: C/test/good, C/test/<defect>/, C/ground_truth/<defect>/."""
-    with cli_errors():
-        testsets = [mvtec_testset(root, c) for c in category]
-        _run(testsets, model, out, protocol, device, batch_size, max_pictures, progress)
+    """The options every dataset subcommand of nsa-eval shares (its signature is used)."""
 
 
-@app.command()
-def chestxray(
-    root: Path = typer.Option(..., help="Folder holding the NIH ChestX-ray14 images."),
-    normal_list: Path = typer.Option(..., help="File naming the normal test images."),
-    anomaly_list: Path = typer.Option(..., help="File naming the anomalous test images."),
-    name: str = typer.Option(None, help="Row name (default: from the list names)."),
-    model: Path = MODEL, out: Path = OUT, protocol: str = PROTOCOL, device: str = DEVICE,
-    batch_size: int = BATCH_SIZE, max_pictures: int = MAX_PICTURES, progress: bool = PROGRESS,
-) -> None:
-    """Chest X-rays, normal against anomalous lists: image-level metrics only."""
-    with cli_errors():
-        testsets = [chestxray_testset(root, normal_list, anomaly_list, name)]
-        _run(testsets, model, out, protocol, device, batch_size, max_pictures, progress)
-
-
-@app.command()
-def folder(
-    good: Path = typer.Option(..., help="Folder of defect-free test images."),
-    defect: list[Path] = typer.Option(..., help="Folder of defective images; repeatable."),
-    masks: Path = typer.Option(
-        None, help="Masks <stem>_mask.<ext> or <stem>.<ext> (any image format, any case; "
-        "non-zero = defect), in MASKS/<defect folder>/ or MASKS/ (without: pixel metrics "
-        "are null)."
-    ),
-    name: str = typer.Option(None, help="Row name (default: the good folder's parent)."),
-    model: Path = MODEL, out: Path = OUT, protocol: str = PROTOCOL, device: str = DEVICE,
-    batch_size: int = BATCH_SIZE, max_pictures: int = MAX_PICTURES, progress: bool = PROGRESS,
-) -> None:
-    """Custom data: one good folder against any number of defect folders."""
-    with cli_errors():
-        testsets = [folder_testset(good, defect, masks, name)]
-        _run(testsets, model, out, protocol, device, batch_size, max_pictures, progress)
-
-
-@app.command()
-def elpv(
-    cell_type: str = typer.Option(..., "--type", help="Cell type: mono or poly."),
-    model: Path = MODEL, out: Path = OUT, protocol: str = PROTOCOL, device: str = DEVICE,
-    batch_size: int = BATCH_SIZE, max_pictures: int = MAX_PICTURES, progress: bool = PROGRESS,
-) -> None:
-    """ELPV solar cells: held-out functional cells against defective ones (image level)."""
-    with cli_errors():
-        _run([elpv_testset(cell_type)], model, out, protocol, device, batch_size, max_pictures,
-             progress)
+for _dataset in DATASETS.values():
+    app.command(_dataset.name)(_command(_dataset))
 
 
 @app.command()

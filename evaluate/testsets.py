@@ -4,14 +4,16 @@ A :class:`TestSet` is only a list of files with labels; nothing is decoded here,
 wrong layout is reported before any model runs. Finders:
 
 - :func:`mvtec_testset`: ``C/test/good``, ``C/test/<defect>/``, masks at
-  ``C/ground_truth/<defect>/<name>_mask.png``; a defect image without its mask is an error.
+  ``C/ground_truth/<defect>/<name>_mask.png``; a defect image without its mask is an error
+  (:func:`layout_testset`: the same for other datasets in this layout).
 
 Image files and masks are recognised by :mod:`nsa.generate.images`' one rule (any format
 OpenCV decodes, suffix in any letter case; a mask ``<stem>_mask.<any image suffix>``).
 - :func:`chestxray_testset`: two image lists (normal, anomalous), image level only; files
   are found by ``nsa-gen``'s own rule (:func:`nsa.generate.sources.chestxray_source`).
-- :func:`folder_testset`: one folder of good images and any number of defect folders,
-  masks optional.
+- :func:`folder_testset`: good folders and defect folders, masks optional.
+
+Layouts of other datasets (VisA, MVTec LOCO, ...) build their sets in :mod:`nsa.datasets`.
 - :func:`elpv_testset`: the held-out functional cells against the defective ones, by the
   one ELPV split rule (:func:`nsa.generate.sources.elpv_split`); image level only.
 """
@@ -23,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from nsa.generate.images import find_mask, image_files, mask_names_tried, read_image, read_mask
+from nsa.generate.images import (
+    IMAGE_SUFFIXES,
+    MASK_STEMS,
+    find_mask,
+    image_files,
+    mask_names_tried,
+    read_image,
+    read_mask,
+)
 from nsa.generate.sources import chestxray_source, elpv_split
 
 from nsa.errors import UserError
@@ -36,7 +46,8 @@ class TestImage:
     """One test image: its file, label (0 good, 1 defective), defect type and mask file.
 
     ``mask`` is None for good images (their ground truth is all defect-free) and for every
-    image of a set without masks.
+    image of a set without masks. ``extra_masks``: further mask files of the same image
+    (MVTec LOCO splits some ground truths); the ground truth is the union of all of them.
     """
 
     __test__ = False  # a name pytest would otherwise try to collect
@@ -45,6 +56,7 @@ class TestImage:
     label: int
     defect: str = GOOD
     mask: Path | None = None
+    extra_masks: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,15 +94,27 @@ class TestSet:
 
 def mvtec_testset(root: str | Path, category: str) -> TestSet:
     """The test split of one MVTec AD category under ``root``."""
+    return layout_testset(root, category, "MVTec AD", paper_key=("mvtec", category))
+
+
+def layout_testset(root: str | Path, category: str, title: str, *, good: Sequence[str] = (GOOD,),
+                   paper_key: tuple[str, str] | None = None) -> TestSet:
+    """The test split of ``category`` in the MVTec AD layout of dataset ``title``:
+    ``test/<good>`` (the first of ``good`` that exists) against every other folder of
+    ``test/``, masks ``ground_truth/<defect>/<name>_mask.<ext>`` or ``<name>.<ext>``.
+
+    Raises UserError naming the missing test folder, or a defect image without its mask.
+    """
     base = Path(root) / category
     test = base / "test"
     if not test.is_dir():
         raise UserError(
-            f"{test}: not found; expected the MVTec AD layout {category}/test/good, "
+            f"{test}: not found; expected the {title} layout {category}/test/{good[0]}, "
             f"{category}/test/<defect>/ and {category}/ground_truth/<defect>/<name>_mask.png"
         )
-    images = [TestImage(path, 0) for path in image_files(test / GOOD)]
-    defects = sorted(p for p in test.iterdir() if p.is_dir() and p.name != GOOD)
+    good_dir = next((test / g for g in good if (test / g).is_dir()), test / good[0])
+    images = [TestImage(path, 0) for path in image_files(good_dir)]
+    defects = sorted(p for p in test.iterdir() if p.is_dir() and p.name not in good)
     for folder in defects:
         for path in image_files(folder):
             truth = [base / "ground_truth" / folder.name]
@@ -100,8 +124,8 @@ def mvtec_testset(root: str | Path, category: str) -> TestSet:
                                 f"{mask_names_tried(path, truth)}")
             images.append(TestImage(path, 1, folder.name, mask))
     return TestSet(
-        name=category, description=f"MVTec AD {category} test split in {Path(root)}",
-        images=images, has_masks=True, paper_key=("mvtec", category),
+        name=category, description=f"{title} {category} test split in {Path(root)}",
+        images=images, has_masks=True, paper_key=paper_key,
     ).check()
 
 
@@ -137,41 +161,66 @@ def _chestxray_subset(list_name: str) -> str | None:
 
 
 def folder_testset(
-    good: str | Path,
+    good: str | Path | Sequence[str | Path],
     defects: Sequence[str | Path],
     masks: str | Path | None = None,
     name: str | None = None,
+    mask_pattern: str | None = None,
 ) -> TestSet:
-    """Good images in one folder against defective images in ``defects`` folders.
+    """Good images in one or several folders against defective images in ``defects``.
 
     With ``masks``, every defect image needs a mask named ``<stem>_mask.<suffix>`` or
-    ``<stem>.<suffix>`` (any image suffix, any letter case), in
-    ``masks/<defect folder name>/`` or directly in ``masks/``.
+    ``<stem>.<suffix>`` (or ``mask_pattern`` with ``{stem}``, e.g. ``{stem}_gt``; any image
+    suffix, any letter case), in ``masks/<defect folder name>/`` or directly in ``masks/``.
+    The row is named ``name``, else after the (first) good folder's parent.
     """
-    good = Path(good)
+    goods = [Path(good)] if isinstance(good, str | Path) else [Path(g) for g in good]
+    if not goods:
+        raise UserError("--good: give at least one folder of good images")
     if not defects:
         raise UserError("--defect: give at least one folder of defective images")
     if masks is not None and not Path(masks).is_dir():
         raise UserError(f"{masks}: no such folder")
-    images = [TestImage(path, 0) for path in image_files(good)]
+    stems = MASK_STEMS if mask_pattern is None else (mask_stem(mask_pattern),)
+    images = [TestImage(path, 0) for folder in goods for path in image_files(folder)]
     for folder in map(Path, defects):
         for path in image_files(folder):
-            mask = _find_mask(Path(masks), folder.name, path) if masks is not None else None
+            mask = (_find_mask(Path(masks), folder.name, path, stems) if masks is not None
+                    else None)
             images.append(TestImage(path, 1, folder.name, mask))
     return TestSet(
-        name=name or good.resolve().parent.name or "folder",
-        description=f"good images in {good}, defective in {', '.join(map(str, defects))}"
-        + (f", masks in {masks}" if masks is not None else ""),
+        name=name or goods[0].resolve().parent.name or "folder",
+        description=f"good images in {', '.join(map(str, goods))}, defective in "
+        f"{', '.join(map(str, defects))}" + (f", masks in {masks}" if masks is not None else ""),
         images=images, has_masks=masks is not None,
     ).check()
 
 
-def _find_mask(masks: Path, defect: str, image: Path) -> Path:
+def mask_stem(pattern: str) -> str:
+    """``--mask-pattern`` as a file stem with ``{stem}``: ``{stem}_gt.png`` -> ``{stem}_gt``
+    (a mask may have any image suffix). UserError unless it holds ``{stem}`` and nothing
+    else in braces."""
+    stem = pattern
+    for suffix in IMAGE_SUFFIXES:
+        if pattern.lower().endswith(suffix):
+            stem = pattern[: -len(suffix)]
+    try:
+        ok = "{stem}" in stem and stem.format(stem="") is not None
+    except (KeyError, IndexError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"--mask-pattern {pattern!r}: expected a file name with {{stem}} for "
+                        "the image's stem, e.g. {stem}_mask or {stem}_gt.png")
+    return stem
+
+
+def _find_mask(masks: Path, defect: str, image: Path, stems: Sequence[str] = MASK_STEMS
+               ) -> Path:
     folders = [masks / defect, masks]
-    mask = find_mask(image, folders)
+    mask = find_mask(image, folders, stems)
     if mask is None:
         raise UserError(f"{image}: defect image without a mask; looked for "
-                        f"{mask_names_tried(image, folders)}")
+                        f"{mask_names_tried(image, folders, stems)}")
     return mask
 
 
@@ -193,7 +242,7 @@ def check_files(testset: TestSet) -> None:
     image or mask file: one UserError naming it. (Decoding errors inside a file that is
     not empty are found when it is read.)"""
     for image in testset.images:
-        for path in (image.path, image.mask):
+        for path in (image.path, image.mask, *image.extra_masks):
             if path is None:
                 continue
             try:
@@ -211,7 +260,8 @@ def read_test_image(
 
     The image is (H, W, ``channels``) uint8, scaled by ``white_level`` as the run's
     training images were (:func:`nsa.generate.images.read_image`). A mask pixel is a
-    defect iff the mask holds a non-zero value there (:func:`nsa.generate.images.read_mask`).
+    defect iff the mask holds a non-zero value there (:func:`nsa.generate.images.read_mask`),
+    in any of its mask files.
     Good images of a set with masks get an all-false map. A mask of another size than its
     image is a UserError naming both.
     """
@@ -220,10 +270,13 @@ def read_test_image(
         return pixels, None
     if image.mask is None:
         return pixels, np.zeros(pixels.shape[:2], dtype=bool)
-    mask = read_mask(image.mask)
-    if mask.shape != pixels.shape[:2]:
-        raise UserError(
-            f"{image.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-            f"{image.path} is {pixels.shape[1]}x{pixels.shape[0]}"
-        )
-    return pixels, mask
+    union = np.zeros(pixels.shape[:2], dtype=bool)
+    for path in (image.mask, *image.extra_masks):
+        mask = read_mask(path)
+        if mask.shape != pixels.shape[:2]:
+            raise UserError(
+                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{image.path} is {pixels.shape[1]}x{pixels.shape[0]}"
+            )
+        union |= mask
+    return pixels, union

@@ -1,27 +1,27 @@
 """``nsa-gen``: generate NSA shard stores, preview a preset, inspect and verify stores.
 
-Thin wiring: each command builds a :class:`~nsa.generate.sources.Source` and calls
-:func:`~nsa.generate.generation.generate_store`, :func:`~nsa.generate.preview.write_preview`
-or the store functions of :mod:`nsa.generate.shards`.
+Thin wiring: one subcommand (and one ``preview`` subcommand) per dataset of the registry
+(:data:`nsa.datasets.DATASETS`), each with the dataset's own options and the shared ones
+defined here; it builds the dataset's :class:`~nsa.generate.sources.Source` and calls
+:func:`~nsa.generate.generation.generate_store` or
+:func:`~nsa.generate.preview.write_preview`. ``info`` and ``verify`` call
+:mod:`nsa.generate.shards`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from nsa.datasets import DATASETS, Dataset
 from nsa.generate import shards
 from nsa.generate.generation import generate_store, source_settings
 from nsa.generate.images import load_images
-from nsa.generate.sources import (
-    Source,
-    chestxray_source,
-    elpv_source,
-    folder_source,
-    mvtec_source,
-)
+from nsa.generate.sources import Source
 
 from nsa.errors import UserError, cli_errors
 from nsa.version_option import show_version
@@ -36,12 +36,11 @@ preview_app = typer.Typer(
 )
 app.add_typer(preview_app, name="preview")
 
-Root = Annotated[Path, typer.Option("--root", help="Dataset root directory.")]
-Category = Annotated[str, typer.Option("--category", help="MVTec AD category, e.g. zipper.")]
-ListFile = Annotated[Path, typer.Option("--list", help="File naming one image per line.")]
-CellType = Annotated[str, typer.Option("--type", help="ELPV cell type: mono or poly.")]
 N = Annotated[int, typer.Option("--n", help="Number of examples to generate.")]
-Out = Annotated[Path, typer.Option("--out", help="Store to write (a .zarr directory).")]
+Out = Annotated[Path | None, typer.Option(
+    "--out", help="Store to write (a .zarr directory). Default: shards/NAME-nN-sSEED.zarr "
+    "in the working directory (NAME: the category, cell type or folder), printed at "
+    "the start.")]
 Preset = Annotated[str | None, typer.Option(
     "--preset", help="Synthesis preset (default: the source's own; required for folder).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed; same seed, same bytes.")]
@@ -59,7 +58,6 @@ Set = Annotated[list[str] | None, typer.Option(
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 PreviewN = Annotated[int, typer.Option("--n", help="Number of example rows.")]
 PreviewOut = Annotated[Path, typer.Option("--out", help="PNG file to write.")]
-
 
 
 @app.callback()
@@ -85,7 +83,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
-def _generate(source: Source, n: int, out: Path, preset: str | None, seed: int,
+def _generate(source: Source, n: int, out: Path, *, preset: str | None, seed: int,
               workers: int | None, address: str | None, resume: bool, overwrite: bool,
               size: int | None, chunk_size: int, settings: list[str] | None,
               quiet: bool) -> None:
@@ -97,55 +95,22 @@ def _generate(source: Source, n: int, out: Path, preset: str | None, seed: int,
     print(shards.format_summary(shards.open_store(path).summary()))
 
 
-@app.command()
-def mvtec(root: Root, category: Category, n: N, out: Out, preset: Preset = None,
-          seed: Seed = 0, workers: Workers = None, address: Address = None,
-          resume: Resume = False, overwrite: Overwrite = False, size: Size = None,
-          chunk_size: ChunkSize = shards.DEFAULT_CHUNK_SIZE, settings: Set = None,
-          quiet: Quiet = False) -> None:
-    """MVTec AD: training images root/CATEGORY/train/good/ (any image format, any case)."""
-    with cli_errors():
-        _generate(mvtec_source(root, category), n, out, preset, seed, workers, address,
-                  resume, overwrite, size, chunk_size, settings, quiet)
+def default_out(dataset: Dataset, own: dict[str, Any], n: int, seed: int) -> Path:
+    """``shards/<name>-n<n>-s<seed>.zarr`` under the working directory, ``<name>`` from the
+    dataset's own options (the category, the cell type, the folder's name)."""
+    return Path("shards") / f"{dataset.out_name(**own)}-n{n}-s{seed}.zarr"
 
 
-@app.command()
-def chestxray(root: Root, list_file: ListFile, n: N, out: Out, preset: Preset = None,
-              seed: Seed = 0, workers: Workers = None, address: Address = None,
-              resume: Resume = False, overwrite: Overwrite = False, size: Size = None,
-              chunk_size: ChunkSize = shards.DEFAULT_CHUNK_SIZE, settings: Set = None,
-              quiet: Quiet = False) -> None:
-    """NIH ChestX-ray14: the images under ROOT named one per line in --list."""
-    with cli_errors():
-        _generate(chestxray_source(root, list_file), n, out, preset, seed, workers, address,
-                  resume, overwrite, size, chunk_size, settings, quiet)
+def _generate_dataset(dataset: Dataset, own: dict[str, Any], n: int, out: Path | None,
+                      **options: Any) -> None:
+    source = dataset.source(**own)
+    if out is None:
+        out = default_out(dataset, own, n, options["seed"])
+        print(f"writing {out} (--out not given)", flush=True)
+    _generate(source, n, out, **options)
 
 
-@app.command()
-def folder(root: Root, n: N, out: Out, preset: Preset = None, seed: Seed = 0,
-           workers: Workers = None, address: Address = None, resume: Resume = False,
-           overwrite: Overwrite = False, size: Size = None,
-           chunk_size: ChunkSize = shards.DEFAULT_CHUNK_SIZE, settings: Set = None,
-           quiet: Quiet = False) -> None:
-    """Any folder of normal images (every format OpenCV decodes; recursive); needs --preset."""
-    with cli_errors():
-        _generate(folder_source(root), n, out, preset, seed, workers, address, resume,
-                  overwrite, size, chunk_size, settings, quiet)
-
-
-@app.command()
-def elpv(cell_type: CellType, n: N, out: Out, preset: Preset = None, seed: Seed = 0,
-         workers: Workers = None, address: Address = None, resume: Resume = False,
-         overwrite: Overwrite = False, size: Size = None,
-         chunk_size: ChunkSize = shards.DEFAULT_CHUNK_SIZE, settings: Set = None,
-         quiet: Quiet = False) -> None:
-    """ELPV solar cells (elpv-dataset package): the training split of one cell type."""
-    with cli_errors():
-        _generate(elpv_source(cell_type), n, out, preset, seed, workers, address, resume,
-                  overwrite, size, chunk_size, settings, quiet)
-
-
-def _preview(source: Source, n: int, out: Path, preset: str | None, seed: int,
+def _preview(source: Source, *, n: int, out: Path, preset: str | None, seed: int,
              size: int | None, settings: list[str] | None) -> None:
     from nsa.generate.preview import write_preview
     from nsa.generate.synthesis import prepare_sources
@@ -156,39 +121,53 @@ def _preview(source: Source, n: int, out: Path, preset: str | None, seed: int,
     print(f"wrote {path} ({n} examples, preset {resolved['preset']}, seed {seed})")
 
 
-@preview_app.command("mvtec")
-def preview_mvtec(root: Root, category: Category, out: PreviewOut, n: PreviewN = 8,
-                  preset: Preset = None, seed: Seed = 0, size: Size = None,
-                  settings: Set = None) -> None:
-    """Preview examples of an MVTec AD category."""
-    with cli_errors():
-        _preview(mvtec_source(root, category), n, out, preset, seed, size, settings)
+def _preview_dataset(dataset: Dataset, own: dict[str, Any], **options: Any) -> None:
+    _preview(dataset.source(**own), **options)
 
 
-@preview_app.command("chestxray")
-def preview_chestxray(root: Root, list_file: ListFile, out: PreviewOut, n: PreviewN = 8,
-                      preset: Preset = None, seed: Seed = 0, size: Size = None,
-                      settings: Set = None) -> None:
-    """Preview examples of ChestX-ray14 images named in --list."""
-    with cli_errors():
-        _preview(chestxray_source(root, list_file), n, out, preset, seed, size, settings)
+def _command(dataset: Dataset, shared: list[inspect.Parameter],
+             body: Callable[..., None]) -> Callable[..., None]:
+    """A typer command: ``dataset``'s own options, then ``shared``; calls
+    ``body(dataset, own_values, **shared_values)`` inside :func:`cli_errors`."""
+    own_names = [p.name for p in dataset.gen_options]
+
+    def command(**values: Any) -> None:
+        with cli_errors():
+            own = {name: values.pop(name) for name in own_names}
+            body(dataset, own, **values)
+
+    parameters = [*dataset.gen_options, *shared]
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__doc__ = dataset.summary
+    return command
 
 
-@preview_app.command("folder")
-def preview_folder(root: Root, out: PreviewOut, n: PreviewN = 8, preset: Preset = None,
-                   seed: Seed = 0, size: Size = None, settings: Set = None) -> None:
-    """Preview examples of a folder of images (needs --preset)."""
-    with cli_errors():
-        _preview(folder_source(root), n, out, preset, seed, size, settings)
+def _shared(**options: tuple[Any, Any]) -> list[inspect.Parameter]:
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                              default=default)
+            for name, (annotation, default) in options.items()]
 
 
-@preview_app.command("elpv")
-def preview_elpv(cell_type: CellType, out: PreviewOut, n: PreviewN = 8,
-                 preset: Preset = None, seed: Seed = 0, size: Size = None,
-                 settings: Set = None) -> None:
-    """Preview examples of ELPV solar cells of one type."""
-    with cli_errors():
-        _preview(elpv_source(cell_type), n, out, preset, seed, size, settings)
+_REQUIRED = inspect.Parameter.empty
+#: The options every dataset subcommand of nsa-gen shares, after the dataset's own.
+GENERATE_OPTIONS = _shared(
+    n=(N, _REQUIRED), out=(Out, None), preset=(Preset, None), seed=(Seed, 0),
+    workers=(Workers, None), address=(Address, None), resume=(Resume, False),
+    overwrite=(Overwrite, False), size=(Size, None),
+    chunk_size=(ChunkSize, shards.DEFAULT_CHUNK_SIZE), settings=(Set, None),
+    quiet=(Quiet, False),
+)
+#: The same for ``nsa-gen preview``.
+PREVIEW_OPTIONS = _shared(
+    out=(PreviewOut, _REQUIRED), n=(PreviewN, 8), preset=(Preset, None), seed=(Seed, 0),
+    size=(Size, None), settings=(Set, None),
+)
+
+for _dataset in DATASETS.values():
+    app.command(_dataset.name)(_command(_dataset, GENERATE_OPTIONS, _generate_dataset))
+    preview_app.command(_dataset.name, help=f"Preview examples of {_dataset.title} images.")(
+        _command(_dataset, PREVIEW_OPTIONS, _preview_dataset))
 
 
 @app.command()

@@ -89,9 +89,11 @@ def image_files(folder: Path | str, *, recursive: bool = False) -> list[Path]:
     return files
 
 
-def find_mask(image: Path, folders: Iterable[Path]) -> Path | None:
+def find_mask(image: Path, folders: Iterable[Path],
+              stems: Sequence[str] = MASK_STEMS) -> Path | None:
     """The mask of ``image``: the first file in ``folders`` (in order) named by
-    :data:`MASK_STEMS` with an image suffix, letter case ignored; None when none is.
+    ``stems`` (default :data:`MASK_STEMS`, ``{stem}`` standing for the image's stem)
+    with an image suffix, letter case ignored; None when none is.
 
     Raises UserError when one folder holds two candidates of the same name pattern
     (``a_mask.png`` and ``a_mask.jpg``), since either could be meant.
@@ -103,7 +105,7 @@ def find_mask(image: Path, folders: Iterable[Path]) -> Path | None:
         for path in folder.iterdir():
             if is_image_file(path) and path.is_file():
                 by_name.setdefault(path.stem.lower(), []).append(path)
-        for pattern in MASK_STEMS:
+        for pattern in stems:
             found = sorted(by_name.get(pattern.format(stem=image.stem).lower(), []))
             if len(found) > 1:
                 raise UserError(f"{image}: several masks could be its own: "
@@ -113,9 +115,10 @@ def find_mask(image: Path, folders: Iterable[Path]) -> Path | None:
     return None
 
 
-def mask_names_tried(image: Path, folders: Iterable[Path]) -> str:
+def mask_names_tried(image: Path, folders: Iterable[Path],
+                     stems: Sequence[str] = MASK_STEMS) -> str:
     """The names :func:`find_mask` looked for, for an error message."""
-    names = " or ".join(f"{p.format(stem=image.stem)}.<image suffix>" for p in MASK_STEMS)
+    names = " or ".join(f"{p.format(stem=image.stem)}.<image suffix>" for p in stems)
     return f"{names} (any letter case) in {', '.join(str(f) for f in folders)}"
 
 

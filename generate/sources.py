@@ -1,4 +1,5 @@
-"""Where the normal images come from: MVTec AD, NIH ChestX-ray14 lists, any folder, ELPV.
+"""Where the normal images come from: MVTec-style category folders, NIH ChestX-ray14
+lists, any folders, ELPV. (Which layout uses which is :mod:`nsa.datasets`' registry.)
 
 A :class:`Source` is only a list of image files plus what to call them; what counts as an
 image file (any format OpenCV decodes, suffix in any letter case), reading and resizing
@@ -13,6 +14,7 @@ evaluation imports it, so the held-out cells can never leak into training.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -67,7 +69,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _existing_dir(root: Path | str, what: str) -> Path:
+def existing_dir(root: Path | str, what: str) -> Path:
+    """``root`` as a Path; SourceError naming it when it is missing or not a folder."""
     root = Path(root)
     if not root.exists():
         raise SourceError(f"{root}: {what} does not exist")
@@ -79,17 +82,35 @@ def _existing_dir(root: Path | str, what: str) -> Path:
 def mvtec_source(root: Path | str, category: str) -> Source:
     """Training images of one MVTec AD category: every image file in
     ``root/category/train/good/`` (``*.png`` in the release; any image format here)."""
-    root = _existing_dir(root, "MVTec root")
+    return layout_source("mvtec", "MVTec AD", root, category, category)
+
+
+def layout_source(kind: str, title: str, root: Path | str, category: str,
+                  default_preset: str | None, train: Sequence[str] = ("train/good",)) -> Source:
+    """Training images of ``category`` of an MVTec-style layout: every image file in the
+    first folder of ``train`` (relative to ``root/category``) that exists.
+
+    ``title`` names the dataset in messages ("MVTec AD"). Raises SourceError naming the
+    root, the category (with those found: folders holding one of ``train``) or the folder.
+    """
+    root = existing_dir(root, f"{title} root")
     if not (root / category).is_dir():
-        found = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir())
+        found = categories_found(root, train)
         hint = f"; categories found: {', '.join(found)}" if found else "; no categories found"
         raise SourceError(f"{root}: no category {category!r}{hint}")
-    good = root / category / "train" / "good"
+    good = next((root / category / t for t in train if (root / category / t).is_dir()),
+                root / category / train[0])
     try:
         files = image_files(good)
     except UserError as exc:
         raise SourceError(f"no training images: {exc}") from None
-    return Source("mvtec", f"MVTec AD {category} train/good under {root}", files, category)
+    where = good.relative_to(root / category).as_posix()
+    return Source(kind, f"{title} {category} {where} under {root}", files, default_preset)
+
+
+def categories_found(root: Path, train: Sequence[str] = ("train/good",)) -> list[str]:
+    """Names of the folders in ``root`` that hold one of the ``train`` folders, sorted."""
+    return sorted(p.name for p in root.iterdir() if any((p / t).is_dir() for t in train))
 
 
 def chestxray_source(root: Path | str, list_file: Path | str) -> Source:
@@ -98,7 +119,7 @@ def chestxray_source(root: Path | str, list_file: Path | str) -> Source:
     A name is looked up as ``root/name`` and, failing that, anywhere below ``root`` (the
     NIH release spreads images over ``images_001/images`` ... folders).
     """
-    root = _existing_dir(root, "ChestX-ray root")
+    root = existing_dir(root, "ChestX-ray root")
     list_file = Path(list_file)
     if not list_file.is_file():
         raise SourceError(f"{list_file}: list file does not exist")
@@ -121,16 +142,21 @@ def chestxray_source(root: Path | str, list_file: Path | str) -> Source:
                   files, "chestxray")
 
 
-def folder_source(root: Path | str) -> Source:
-    """Every image file below ``root`` (recursive; any image file, see
-    :func:`nsa.generate.images.is_image_file`), sorted by
-    path."""
-    root = _existing_dir(root, "image folder")
-    try:
-        files = image_files(root, recursive=True)
-    except UserError as exc:
-        raise SourceError(str(exc)) from None
-    return Source("folder", f"images under {root}", files, None)
+def folder_source(roots: Path | str | Sequence[Path | str]) -> Source:
+    """Every image file below each of ``roots`` (recursive; any image file, see
+    :func:`nsa.generate.images.is_image_file`), sorted by path within each root, roots in
+    the order given."""
+    roots = [roots] if isinstance(roots, str | Path) else list(roots)
+    if not roots:
+        raise SourceError("--root: give at least one folder of images")
+    files: list[Path] = []
+    for root in roots:
+        root = existing_dir(root, "image folder")
+        try:
+            files += image_files(root, recursive=True)
+        except UserError as exc:
+            raise SourceError(str(exc)) from None
+    return Source("folder", f"images under {', '.join(map(str, roots))}", files, None)
 
 
 class ElpvSplit(NamedTuple):

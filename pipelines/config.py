@@ -6,7 +6,7 @@ A config reads top to bottom like the job it describes::
     seeds = [0, 1]
 
     [source]                        # where the normal training images come from
-    kind = "elpv"                   # mvtec | chestxray | folder | elpv
+    kind = "elpv"                   # a dataset of nsa.datasets: mvtec, visa, folder, ...
     cell_type = "mono"              # elpv: mono | poly
 
     [generate]                      # nsa-gen options, same names as the CLI
@@ -34,27 +34,27 @@ then checks that the folders and list files the config names exist. Either raise
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import tomllib
+from nsa.datasets import DATASETS
+from nsa.datasets.base import SourceTable, Table, hint
 from nsa.evaluate.inference import check_protocol
 from nsa.generate.generation import source_settings
 from nsa.generate.presets import PRESETS
 from nsa.generate.shards import DEFAULT_CHUNK_SIZE
-from nsa.generate.sources import Source, elpv_data_dir
+from nsa.generate.sources import Source
 from nsa.train.trainer import TrainConfig, check_config
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from nsa.errors import UserError, os_error
 
-SOURCE_KINDS = ("mvtec", "chestxray", "folder", "elpv")
-#: The MVTec AD categories: the presets of kind object or texture.
-MVTEC_CATEGORIES = tuple(name for name, p in PRESETS.items() if p["kind"] in ("object", "texture"))
+SOURCE_KINDS = tuple(DATASETS)
 DEVICES = ("auto", "cpu", "cuda")
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -65,50 +65,11 @@ class ConfigError(UserError):
     """A config file that cannot be read, or a key in it with a wrong type or value."""
 
 
-class _Table(BaseModel):
-    """A TOML table: strict types, no keys beyond the declared ones."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class MvtecSource(_Table):
-    kind: Literal["mvtec"]
-    root: str
-    categories: list[str] = Field(min_length=1)
-
-
-class ChestxrayLists(_Table):
-    train: str
-    normal_test: str
-    anomaly_test: str
-
-
-class ChestxraySource(_Table):
-    kind: Literal["chestxray"]
-    root: str
-    lists_dir: str = "."
-    lists: dict[str, ChestxrayLists] = Field(min_length=1)
-
-
-class FolderSource(_Table):
-    kind: Literal["folder"]
-    root: str
-    name: str | None = None
-    test_good: str
-    test_defects: list[str] = Field(min_length=1)
-    test_masks: str | None = None
-
-
-class ElpvSource(_Table):
-    kind: Literal["elpv"]
-    cell_type: Literal["mono", "poly"] = "mono"
-
-
-SourceTable = MvtecSource | ChestxraySource | FolderSource | ElpvSource
-SOURCE_TABLES: dict[str, type[_Table]] = {
-    "mvtec": MvtecSource, "chestxray": ChestxraySource, "folder": FolderSource,
-    "elpv": ElpvSource,
-}
+_Table = Table
+#: The ``[source]`` tables of every dataset, told apart by ``kind``.
+SOURCE_TABLES: dict[str, type[SourceTable]] = {d.name: d.table for d in DATASETS.values()}
+AnySource = Annotated[Union[tuple(SOURCE_TABLES.values())],  # noqa: UP007
+                      Field(discriminator="kind")]
 
 
 class GenerateOptions(_Table):
@@ -163,7 +124,7 @@ class PipelineFile(_Table):
 
     out: str | None = None
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
-    source: Annotated[SourceTable, Field(discriminator="kind")]
+    source: AnySource
     generate: GenerateOptions = Field(default_factory=GenerateOptions)
     train: TrainOptions = Field(default_factory=TrainOptions)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
@@ -223,27 +184,12 @@ class PipelineConfig:
         return n
 
 
-def _categories(source: SourceTable) -> list[str]:
-    if isinstance(source, ElpvSource):
-        return [source.cell_type]
-    if isinstance(source, MvtecSource):
-        return list(source.categories)
-    if isinstance(source, ChestxraySource):
-        return list(source.lists)
-    return [source.name or Path(source.root).name]
-
-
 def default_preset(source: SourceTable, category: str) -> str | None:
     """The preset nsa-gen uses for ``category`` when none is named (as its sources do)."""
-    return {"mvtec": category, "chestxray": "chestxray", "elpv": "elpv"}.get(source.kind)
+    return DATASETS[source.kind].default_preset(category)
 
 
-def _hint(name: str, known: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
-    return f"known: {shown}" if known else "none known"
+_hint = hint
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -262,11 +208,14 @@ def _known_keys(parent: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] | None = None
     if not parent:
         model = PipelineFile
-    elif parent[0] == "source":
-        if len(parent) == 2:
-            model = SOURCE_TABLES.get(parent[1])
-        elif len(parent) == 4 and parent[2] == "lists":
-            model = ChestxrayLists
+    elif parent[0] == "source" and len(parent) >= 2:
+        model = SOURCE_TABLES.get(parent[1])
+        for key in parent[2:]:  # a nested table, e.g. lists.<name>
+            field = model.model_fields.get(str(key)) if model else None
+            if field is not None:
+                nested = [a for a in typing.get_args(field.annotation) if isinstance(a, type)]
+                model = next((a for a in (field.annotation, *nested)
+                              if isinstance(a, type) and issubclass(a, BaseModel)), None)
     elif len(parent) == 1:
         model = _TABLES.get(parent[0])
     return list(model.model_fields) if model else []
@@ -342,7 +291,8 @@ def _check_categories(path: Path, parsed: PipelineFile, categories: list[str]) -
     generate = parsed.generate
     # Budgets of known MVTec categories may stay when the category list is cut down;
     # any other name is a typo that would silently fall back to n.
-    known = set(categories) | (set(MVTEC_CATEGORIES) if parsed.source.kind == "mvtec" else set())
+    dataset = DATASETS[parsed.source.kind]
+    known = set(categories) | set(dataset.categories)
     for name in generate.n_by_category:
         if name not in known:
             raise ConfigError(f"{path}: [generate] n_by_category.{name}: not a category of "
@@ -351,15 +301,15 @@ def _check_categories(path: Path, parsed: PipelineFile, categories: list[str]) -
         if category not in generate.n_by_category and generate.n is None:
             raise ConfigError(f"{path}: [generate] n: missing (give n = ... or "
                               f"n_by_category.{category} = ...)")
-    if parsed.source.kind == "folder" and generate.preset is None:
-        raise ConfigError(f"{path}: [generate] preset: missing (a folder source has no "
-                          f"default; choose one of {', '.join(PRESETS)})")
-    if parsed.source.kind == "mvtec" and generate.preset is None:
-        for category in categories:
-            if category not in MVTEC_CATEGORIES:
-                raise ConfigError(
-                    f"{path}: [source] categories: {category!r} is not an MVTec AD category "
-                    f"({_hint(category, MVTEC_CATEGORIES)}); or name a [generate] preset")
+    for category in categories if generate.preset is None else []:
+        if dataset.default_preset(category) is not None:
+            continue
+        if not dataset.categories:
+            raise ConfigError(f"{path}: [generate] preset: missing (a {dataset.name} source "
+                              f"has no default; choose one of {', '.join(PRESETS)})")
+        raise ConfigError(
+            f"{path}: [source] categories: {category!r} is not an {dataset.title} category "
+            f"({_hint(category, dataset.categories)}); or name a [generate] preset")
 
 
 def _resolve_settings(path: Path, parsed: PipelineFile, category: str) -> dict[str, Any]:
@@ -370,7 +320,7 @@ def _resolve_settings(path: Path, parsed: PipelineFile, category: str) -> dict[s
     try:
         return source_settings(stand_in, generate.preset, generate.overrides, generate.size)
     except UserError as exc:
-        several = len(_categories(source)) > 1 and generate.preset is None
+        several = len(source.category_names()) > 1 and generate.preset is None
         which = f" (category {category})" if several else ""
         raise ConfigError(f"{path}: [generate]{which} {_stage_message(str(exc))}") from None
 
@@ -400,7 +350,7 @@ def load_config(path: str | Path, out: str | Path | None = None) -> PipelineConf
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(f"{path}: {_problem(errors[0])}{more}") from None
-    categories = _categories(parsed.source)
+    categories = parsed.source.category_names()
     if not all(categories):
         raise ConfigError(f"{path}: [source] name: missing (root has no folder name)")
     _check_categories(path, parsed, categories)
@@ -420,43 +370,13 @@ def load_config(path: str | Path, out: str | Path | None = None) -> PipelineConf
     )
 
 
-def _need(path: Path, key: str, target: Path, folder: bool = True) -> None:
-    ok = target.is_dir() if folder else target.is_file()
-    if not ok:
-        what = "folder" if folder else "file"
-        reason = "does not exist" if not target.exists() else f"is not a {what}"
-        raise ConfigError(f"{path}: [source] {key}: {target} {reason}")
-
-
 def check_inputs(config: PipelineConfig) -> None:
     """Check that the folders and list files ``[source]`` names exist (no image is read).
 
     Raises :class:`ConfigError` naming the key; a category folder or list file whose
     content is unusable is found when its job starts, and fails that job only.
     """
-    source, path = config.source, config.path
-    if isinstance(source, ElpvSource):
-        try:
-            elpv_data_dir()
-        except UserError as exc:
-            raise ConfigError(f"{path}: [source] kind: {exc}") from None
-        return
-    _need(path, "root", Path(source.root))
-    if isinstance(source, MvtecSource):
-        for category in source.categories:
-            if not (Path(source.root) / category).is_dir():
-                found = sorted(p.name for p in Path(source.root).iterdir()
-                               if (p / "train" / "good").is_dir())
-                hint = _hint(category, found) if found else "no category/train/good there"
-                raise ConfigError(f"{path}: [source] categories: no folder {category!r} in "
-                                  f"{source.root} ({hint})")
-    elif isinstance(source, ChestxraySource):
-        for name, lists in source.lists.items():
-            for key, file in lists.model_dump().items():
-                _need(path, f"lists.{name}.{key}", Path(source.lists_dir) / file, folder=False)
-    else:
-        _need(path, "test_good", Path(source.test_good))
-        for index, folder in enumerate(source.test_defects):
-            _need(path, f"test_defects[{index}]", Path(folder))
-        if source.test_masks is not None:
-            _need(path, "test_masks", Path(source.test_masks))
+    try:
+        config.source.check_inputs()
+    except UserError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None

@@ -28,31 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nsa.evaluate.calibrate import calibrate_held_out_elpv
 from nsa.evaluate.run import evaluate
-from nsa.evaluate.testsets import (
-    TestSet,
-    chestxray_testset,
-    elpv_testset,
-    folder_testset,
-    mvtec_testset,
-)
 from nsa.generate.generation import generate_store
 from nsa.generate.shards import StoreError, open_store
-from nsa.generate.sources import (
-    Source,
-    chestxray_source,
-    elpv_source,
-    folder_source,
-    mvtec_source,
-)
-from nsa.pipelines.config import (
-    ChestxraySource,
-    ElpvSource,
-    Job,
-    MvtecSource,
-    PipelineConfig,
-)
+from nsa.pipelines.config import Job, PipelineConfig
 from nsa.pipelines.markers import (
     StageState,
     output_id,
@@ -100,40 +79,6 @@ class JobPlan:
         return self.job.directory / "eval"
 
 
-def _absolute(path: str | Path) -> str:
-    return str(Path(path).absolute())
-
-
-def source_identity(config: PipelineConfig, category: str) -> dict[str, Any]:
-    """What :func:`training_source` reads for ``category``: the generate hash's source."""
-    source = config.source
-    if isinstance(source, ElpvSource):
-        return {"kind": "elpv", "cell_type": category}
-    if isinstance(source, MvtecSource):
-        return {"kind": "mvtec", "root": _absolute(source.root), "category": category}
-    if isinstance(source, ChestxraySource):
-        return {"kind": "chestxray", "root": _absolute(source.root),
-                "list": _absolute(Path(source.lists_dir) / source.lists[category].train)}
-    return {"kind": "folder", "root": _absolute(source.root)}
-
-
-def testset_identity(config: PipelineConfig, category: str) -> dict[str, Any]:
-    """What :func:`test_sets` reads for ``category``: the evaluate hash's test set."""
-    source = config.source
-    if isinstance(source, ElpvSource):
-        return {"kind": "elpv", "cell_type": category}
-    if isinstance(source, MvtecSource):
-        return {"kind": "mvtec", "root": _absolute(source.root), "category": category}
-    if isinstance(source, ChestxraySource):
-        lists = source.lists[category]
-        return {"kind": "chestxray", "root": _absolute(source.root),
-                "normal": _absolute(Path(source.lists_dir) / lists.normal_test),
-                "anomaly": _absolute(Path(source.lists_dir) / lists.anomaly_test)}
-    return {"kind": "folder", "name": category, "good": _absolute(source.test_good),
-            "defects": [_absolute(d) for d in source.test_defects],
-            "masks": None if source.test_masks is None else _absolute(source.test_masks)}
-
-
 def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
     """The settings of each stage of ``job`` and their chained hashes."""
     generate = {
@@ -142,7 +87,7 @@ def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
         "chunk_size": config.generate.chunk_size, "workers": config.generate.workers,
     }
     gen_hash = settings_hash({
-        "source": source_identity(config, job.category),
+        "source": config.source.source_identity(job.category),
         "settings": config.settings[job.category],
         **{key: generate[key] for key in ("n", "seed", "chunk_size")},
     })
@@ -155,40 +100,11 @@ def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
     evaluate_opts = config.evaluate.given()
     eval_settings = {**EVALUATE_DEFAULTS, **evaluate_opts}
     eval_hash = settings_hash({
-        "train": train_hash, "testset": testset_identity(config, job.category),
+        "train": train_hash, "testset": config.source.testset_identity(job.category),
         **{k: v for k, v in eval_settings.items() if k not in EVALUATE_RUNTIME},
     })
     return JobPlan(job, generate, train_opts, evaluate_opts,
                    {"generate": gen_hash, "train": train_hash, "evaluate": eval_hash})
-
-
-def training_source(config: PipelineConfig, category: str) -> Source:
-    """The normal images a job generates from."""
-    source = config.source
-    if isinstance(source, ElpvSource):
-        return elpv_source(category, "train")
-    if isinstance(source, MvtecSource):
-        return mvtec_source(source.root, category)
-    if isinstance(source, ChestxraySource):
-        return chestxray_source(source.root,
-                                Path(source.lists_dir) / source.lists[category].train)
-    return folder_source(source.root)
-
-
-def test_sets(config: PipelineConfig, category: str) -> list[TestSet]:
-    """The labelled test set a job is evaluated on."""
-    source = config.source
-    if isinstance(source, ElpvSource):
-        return [elpv_testset(category)]
-    if isinstance(source, MvtecSource):
-        return [mvtec_testset(source.root, category)]
-    if isinstance(source, ChestxraySource):
-        lists = source.lists[category]
-        lists_dir = Path(source.lists_dir)
-        return [chestxray_testset(source.root, lists_dir / lists.normal_test,
-                                  lists_dir / lists.anomaly_test)]
-    return [folder_testset(source.test_good, source.test_defects, source.test_masks,
-                           name=category)]
 
 
 def store_complete(store: Path) -> bool:
@@ -225,7 +141,7 @@ def run_generate(config: PipelineConfig, plan: JobPlan, progress: bool) -> bool:
     opts = dict(plan.generate)
     write_marker(directory, "generate", digest, done=False)
     generate_store(
-        training_source(config, plan.job.category), plan.store,
+        config.source.training_source(plan.job.category), plan.store,
         n=opts.pop("n"), seed=opts.pop("seed"), preset=opts.pop("preset"),
         resume=state is StageState.INTERRUPTED, overwrite=state is StageState.FRESH,
         progress=progress, **opts,
@@ -267,9 +183,8 @@ def run_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
     write_marker(directory, "evaluate", digest, done=False, input_id=run_id)
     if plan.eval_dir.exists():
         shutil.rmtree(plan.eval_dir)
-    if isinstance(config.source, ElpvSource):  # held-out good cells: calibrate on half
-        calibrate_held_out_elpv(plan.run, plan.job.category, progress)
-    evaluate(test_sets(config, plan.job.category), plan.run, plan.eval_dir,
+    config.source.before_evaluate(plan.run, plan.job.category, progress)  # ELPV calibrates
+    evaluate(config.source.test_sets(plan.job.category), plan.run, plan.eval_dir,
              progress=progress, **plan.evaluate)
     write_marker(directory, "evaluate", digest, done=True, input_id=run_id,
                  metrics=metrics_file)
