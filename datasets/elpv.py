@@ -53,8 +53,8 @@ _TYPE = option("cell_type", Annotated[str, typer.Option(
 
 ELPV = Dataset(
     name="elpv", title="ELPV",
-    summary="ELPV solar cells (elpv-dataset package): the training split of one cell type; "
-    "evaluated on held-out functional cells against defective ones (image level).",
+    summary="ELPV solar cells (elpv-dataset package) of one type: trains on its training "
+    "split, tests held-out functional cells against defective ones (image level).",
     categories=("mono", "poly"), table=ElpvSource,
     gen_options=(_TYPE,), eval_options=(_TYPE,),
     source=lambda cell_type: elpv_source(cell_type),

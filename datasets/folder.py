@@ -86,8 +86,8 @@ def _testsets(good: list[Path], defect: list[Path], masks: Path | None, mask_pat
 
 FOLDER = Dataset(
     name="folder", title="folder",
-    summary="Any folders of normal images (every format OpenCV decodes; recursive); needs "
-    "--preset.",
+    summary="Your own images: folders of normal images to train on (recursive; needs "
+    "--preset), good and defect folders to test on (masks optional).",
     categories=(), table=FolderSource,
     gen_options=(root_option("Folder of normal images; repeat for several.", multiple=True),),
     eval_options=(

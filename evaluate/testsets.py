@@ -205,7 +205,8 @@ def mask_stem(pattern: str) -> str:
         if pattern.lower().endswith(suffix):
             stem = pattern[: -len(suffix)]
     try:
-        ok = "{stem}" in stem and stem.format(stem="") is not None
+        stem.format(stem="")
+        ok = "{stem}" in stem
     except (KeyError, IndexError, ValueError):
         ok = False
     if not ok:
