@@ -27,16 +27,23 @@ def _finite(values: list[float | None]) -> list[float]:
 def summarise(outcomes: list[Any]) -> list[dict[str, Any]]:
     """Rows ``{category, seeds, failed, <metric>_mean, <metric>_std, paper_<metric>}``.
 
-    A category's metrics are the rows of its jobs' metrics.json (one test set per job);
-    failed jobs are counted but contribute no numbers. The last row is the mean over
-    categories of each category mean.
+    A category's metrics are the rows of its jobs' metrics.json; a job with several test
+    sets (MVTec LOCO: all, logical, structural) gives one row per set, named by the set,
+    the first of them standing for the category. Failed jobs are counted but contribute
+    no numbers. The last row is the mean over categories of each category mean.
     """
-    by_category: dict[str, list[Any]] = {}
+    by_row: dict[str, list[tuple[Any, dict[str, Any] | None]]] = {}
+    main: set[str] = set()
     for outcome in outcomes:
-        by_category.setdefault(outcome.category, []).append(outcome)
+        sets = dict(outcome.metrics["categories"]) if outcome.metrics else {}
+        names = list(sets) if len(sets) > 1 else [outcome.category]
+        main.add(names[0])
+        for name, metrics in zip(names, sets.values() if sets else [None], strict=False):
+            by_row.setdefault(name, []).append((outcome, metrics))
     rows = []
-    for category, jobs in by_category.items():
-        sets = [next(iter(job.metrics["categories"].values())) for job in jobs if job.metrics]
+    for category, entries in by_row.items():
+        jobs = [job for job, _ in entries]
+        sets = [metrics for _, metrics in entries if metrics is not None]
         row: dict[str, Any] = {
             "category": category,
             "seeds": len(sets),
@@ -50,8 +57,9 @@ def summarise(outcomes: list[Any]) -> list[dict[str, Any]]:
         for metric in PAPER_METRICS:
             row[f"paper_{metric}"] = paper.get(metric)
         rows.append(row)
-    if len(rows) > 1:
-        rows.append(_mean_row(rows))
+    categories = [row for row in rows if row["category"] in main]
+    if len(categories) > 1:
+        rows.append(_mean_row(categories))
     return rows
 
 

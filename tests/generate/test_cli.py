@@ -456,3 +456,24 @@ def test_disk_full_is_one_line_and_the_store_resumes_elsewhere(mvtec_root, local
     resumed = _run(*args, "--out", moved, "--resume")
     assert resumed.exit_code == 0, resumed.output
     _assert_same_arrays(moved, _reference(mvtec_root, tmp_path / "whole.zarr", 120))
+
+
+def test_root_from_nsa_data_root_and_a_default_out_under_shards(
+    mvtec_root, local_ray, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["mvtec", "--category", CATEGORY, "--n", "8", *SMALL],
+                                env={"NSA_DATA_ROOT": str(mvtec_root)})
+    assert result.exit_code == 0, result.output
+    out = Path("shards") / f"{CATEGORY}-n8-s0.zarr"
+    assert result.stdout.splitlines()[0] == f"writing {out} (--out not given)"
+    store = shards.open_store(tmp_path / out)  # complete, or this raises
+    assert store.attrs["seed"] == 0 and store.attrs["n"] == 8
+
+
+def test_a_missing_root_without_nsa_data_root_is_one_line_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["mvtec", "--category", CATEGORY, "--n", "8"],
+                                env={"NSA_DATA_ROOT": None})
+    _assert_one_line_error(result, "--root", "NSA_DATA_ROOT")
+    assert not (tmp_path / "shards").exists()
