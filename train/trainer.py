@@ -36,6 +36,7 @@ from nsa.train.data import (
     open_training_stores,
     shared_memory_fits,
 )
+from nsa.train.devices import resolve_device
 from nsa.train.model import NSAModel
 from nsa.train.plots import plot_loss, plot_predictions
 from torch import nn
@@ -87,17 +88,6 @@ NEW_RUN_ONLY = ("out", "overwrite")
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r}: choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 def check_config(config: TrainConfig) -> None:

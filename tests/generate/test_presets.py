@@ -20,7 +20,7 @@ def test_preset_names_are_the_15_mvtec_categories_chestxray_and_elpv():
 def test_every_preset_resolves_to_plain_json_with_every_setting(name):
     settings = resolve_settings(name)
     assert json.loads(json.dumps(settings)) == settings
-    for key in ("preset", "size", "kind", "unaligned", "augment", "epochs", "mode",
+    for key in ("preset", "size", "kind", "unaligned", "augment", "paper_epochs", "mode",
                 "label_mode", "num_patches", "width_bounds", "gamma_params", "background",
                 "min_object_pct", "min_overlap_pct", "resize", "resize_bounds", "shift",
                 "same", "cutpaste", "tol", "logistic_params", "num_ellipses"):
@@ -48,7 +48,7 @@ def test_bottle_is_an_unaligned_object_with_normal_poisson_and_object_masks():
     assert s["logistic_params"] == pytest.approx([1 / 12, 24])
     assert s["augment"] == {"rotate": 5, "center_crop": 230, "crop": 224, "vflip": False,
                             "hflip": False}
-    assert s["epochs"] == 320
+    assert s["paper_epochs"] == 320
 
 
 def test_aligned_objects_are_not_rotated():
@@ -58,7 +58,7 @@ def test_aligned_objects_are_not_rotated():
 
 def test_screw_has_four_patches_and_560_epochs():
     s = resolve_settings("screw")
-    assert (s["num_patches"], s["epochs"], s["min_object_pct"]) == (4, 560, 0.5)
+    assert (s["num_patches"], s["paper_epochs"], s["min_object_pct"]) == (4, 560, 0.5)
 
 
 def test_textures_use_mixed_poisson_264_pixels_and_wider_rescaling():
@@ -74,7 +74,7 @@ def test_textures_use_mixed_poisson_264_pixels_and_wider_rescaling():
 def test_chestxray_has_its_own_gamma_and_overlap():
     s = resolve_settings("chestxray")
     assert s["gamma_params"] == [2.0, 0.03, 0.05]
-    assert (s["min_object_pct"], s["min_overlap_pct"], s["epochs"]) == (0.7, 0.7, 240)
+    assert (s["min_object_pct"], s["min_overlap_pct"], s["paper_epochs"]) == (0.7, 0.7, 240)
     assert s["background"] == [0, 20] and s["augment"]["rotate"] == 3
 
 
@@ -137,7 +137,7 @@ def test_explicit_crops_survive_a_size_override():
 
 @pytest.mark.parametrize(("augment", "named"), [
     (5, "'augment' = 5"), (None, "'augment' = None"), ([1, 2], "'augment' = [1, 2]"),
-    ({"crop": "x"}, "'crop' = 'x'"), ({"center_crop": True}, "'center_crop' = True"),
+    ({"crop": "x"}, "'augment.crop' = 'x'"), ({"center_crop": True}, "'augment.center_crop' = True"),
 ])
 def test_a_malformed_augment_with_a_size_override_is_named(augment, named):
     with pytest.raises(SettingsError, match=re.escape(named)):
