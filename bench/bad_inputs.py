@@ -235,9 +235,9 @@ def cases(http_port: int) -> list[Case]:
         Case("train: --device cuda without GPU", [*train, "--shards", "store.zarr",
                                                   "--out", "r10", "--steps", "1",
                                                   "--device", "cuda"]),
-        Case("train: --num-workers not dividing batch", [*train, "--shards", "store.zarr",
+        Case("train: --workers not dividing batch", [*train, "--shards", "store.zarr",
                                                          "--out", "r11", "--steps", "1",
-                                                         "--num-workers", "3"]),
+                                                         "--workers", "3"]),
         Case("train: --lr 1e12 diverges", [*train, "--shards", "store.zarr", "--out", "r12",
                                            "--steps", "6", "--lr", "1e12"], (1,)),
         # nsa-eval

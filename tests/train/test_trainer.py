@@ -141,7 +141,7 @@ def test_an_unwritable_out_is_refused_before_training(tiny_store, tmp_path):
 @pytest.mark.parametrize(("options", "message"), [
     ({"steps": 2, "epochs": 2}, "exactly one of --epochs or --steps"),
     ({}, "exactly one of --epochs or --steps"),
-    ({"steps": 2, "batch_size": 9, "num_workers": 2}, "divisible by --num-workers"),
+    ({"steps": 2, "batch_size": 9, "workers": 2}, "divisible by --workers"),
     ({"steps": 2, "batch_size": 4096}, "too few"),
 ])
 def test_bad_options_are_refused_naming_them(tiny_store, tmp_path, options, message):
