@@ -2,9 +2,17 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
-from nsa.generate.presets import PRESETS, SettingsError, preset_names, resolve_settings
+from nsa.generate.presets import (
+    PRESETS,
+    SettingsError,
+    parse_settings,
+    preset_names,
+    resolve_settings,
+    upgrade_settings,
+)
 
 from nsa.errors import UserError
 
@@ -137,8 +145,52 @@ def test_explicit_crops_survive_a_size_override():
 
 @pytest.mark.parametrize(("augment", "named"), [
     (5, "'augment' = 5"), (None, "'augment' = None"), ([1, 2], "'augment' = [1, 2]"),
-    ({"crop": "x"}, "'augment.crop' = 'x'"), ({"center_crop": True}, "'augment.center_crop' = True"),
+    ({"crop": "x"}, "'augment.crop' = 'x'"),
+    ({"center_crop": True}, "'augment.center_crop' = True"),
 ])
 def test_a_malformed_augment_with_a_size_override_is_named(augment, named):
     with pytest.raises(SettingsError, match=re.escape(named)):
         resolve_settings("bottle", {"augment": augment, "size": 64})
+
+
+#: Every preset's resolved settings as nsa-pipeline resolved them before the typed model
+#: (settings version 1), and some at 128 px (``name@128``).
+FROZEN = json.loads((Path(__file__).parent / "presets_v1.json").read_text())
+
+
+@pytest.mark.parametrize("key", sorted(FROZEN))
+def test_preset_rows_resolve_to_the_frozen_settings(key):
+    name, _, size = key.partition("@")
+    settings = resolve_settings(name, {"size": int(size)} if size else None)
+    old = FROZEN[key]
+    # version 2 renamed epochs to paper_epochs and records its version; nothing else moved
+    assert json.dumps(settings) == json.dumps(upgrade_settings(old))
+    assert parse_settings(old).record() == settings
+
+
+def test_the_object_mask_condition_excludes_both_cutpaste_baselines():
+    assert parse_settings(resolve_settings("bottle")).uses_object_masks
+    for override in ({"same": True}, {"cutpaste": True}, {"background": None}):
+        assert not parse_settings(resolve_settings("bottle", override)).uses_object_masks
+
+
+def test_set_errors_are_one_line_naming_the_setting_exit_2(mvtec_root, tmp_path):
+    from nsa.generate.cli import app
+    from typer.testing import CliRunner
+
+    base = ["mvtec", "--root", str(mvtec_root), "--category", "bottle", "--n", "4",
+            "--out", str(tmp_path / "x.zarr"), "--quiet", "--set"]
+    for item, message in [
+        ("num_patches=9", "error: setting 'num_patches' = 9 is invalid: input should be "
+                          "less than or equal to 4"),
+        ('num_patches="3"', "error: setting 'num_patches' = '3' is invalid: expected an "
+                            "integer"),
+        ("augment={\"crop\": true}", "error: setting 'augment.crop' = True is invalid: "
+                                     "expected an integer"),
+        ("colour=1", "error: unknown setting(s) 'colour'; valid names: mode,"),
+    ]:
+        result = CliRunner().invoke(app, [*base, item])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), result.output
+    assert not (tmp_path / "x.zarr").exists()
