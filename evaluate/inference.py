@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from nsa.generate.presets import MODEL_STRIDE, parse_augment, test_view
+from nsa.generate.presets import MODEL_STRIDE, evaluation_view, parse_augment
 from nsa.train.checkpoint import load_model
 from nsa.train.devices import resolve_device
 
@@ -44,7 +44,7 @@ class Geometry:
         size = settings.get("size") or config.get("height")
         if size is None:
             raise UserError("the run's config.json records no image size (settings.size)")
-        side, crop = test_view(settings.get("kind"), int(size),
+        side, crop = evaluation_view(settings.get("kind"), int(size),
                                parse_augment(settings.get("augment")))
         seen = crop or side
         if seen % MODEL_STRIDE:

@@ -175,10 +175,6 @@ class SynthesisSettings(_Model):
         CutPaste baselines (``same`` or ``cutpaste``), as in the authors' release."""
         return self.background is not None and not self.same and not self.cutpaste
 
-    def view(self) -> tuple[int, int | None]:
-        """(side, crop) of test images: see :func:`test_view`."""
-        return test_view(self.kind, self.size, self.augment)
-
     def record(self) -> dict[str, Any]:
         """The plain JSON-serialisable dict a store records (no ``white_level`` for 8-bit
         images, so their records are what they always were)."""
@@ -194,7 +190,7 @@ SETTING_NAMES = tuple(name for name in SynthesisSettings.model_fields
 _REQUIRED = tuple(name for name, f in SynthesisSettings.model_fields.items() if f.is_required())
 
 
-def test_view(kind: str | None, size: int, augment: Augment) -> tuple[int, int | None]:
+def evaluation_view(kind: str | None, size: int, augment: Augment) -> tuple[int, int | None]:
     """How test images are presented: resized to ``side`` squared and seen through the
     centre ``crop`` (objects and X-rays, whose training crops were taken around it; the
     map is zero outside) or whole (``crop`` None; textures and ELPV cells at their
@@ -203,9 +199,6 @@ def test_view(kind: str | None, size: int, augment: Augment) -> tuple[int, int |
         crop = augment.crop
         return int(size), (int(crop) if crop and crop < size else None)
     return int(augment.crop or size), None
-
-
-test_view.__test__ = False  # not a pytest test, despite its name
 
 
 def _error(exc: ValidationError, data: Mapping[str, Any],

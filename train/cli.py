@@ -56,7 +56,7 @@ def main(
         None, show_default=_default("seed"), help="Seed of weights, data order and augmentation.",
     ),
     device: str = typer.Option(
-        None, show_default=_default("device"), help="auto, cpu or cuda.",
+        None, show_default=_default("device"), help="auto, cpu, cuda or cuda:N.",
     ),
     threads: int = typer.Option(None, help="CPU threads per worker (default: all cores)."),
     loader_workers: int = typer.Option(

@@ -144,6 +144,9 @@ def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, old, new, messag
     ('out = "o"\n[source]\nkind = "folder"\nroot = "r"\ntest_good = "g"\n'
      'test_defects = ["d"]\n[generate]\nn = 5\n[train]\nsteps = 1\n',
      "[generate] preset: missing"),
+    ('out = "o"\n[source]\nkind = "folder"\nroot = "r"\ntest_good = "g"\n'
+     'test_defects = "dents"\n[generate]\nn = 5\npreset = "elpv"\n[train]\nsteps = 1\n',
+     '[source] test_defects: must be a list [...], not "dents"'),
 ])
 def test_other_source_kinds_are_checked_too(tmp_path, text, message):
     with pytest.raises(ConfigError, match="^" + str(tmp_path)) as info:
