@@ -107,7 +107,7 @@ def build_scratch(root: Path) -> None:
         "cfg_generate_5.toml": "generate = 5\n",
         "cfg_categories_str.toml": '[source]\nkind = "mvtec"\nroot = "mvtec"\n'
                                    'categories = "bottle"\n',
-        "cfg_unknown_key.toml": '[source]\nkind = "elpv"\ncell_type = "mono"\nfoo = 1\n',
+        "cfg_unknown_key.toml": '[source]\nkind = "elpv"\ntype = "mono"\nfoo = 1\n',
         "cfg_bad_protocol.toml": '[source]\nkind = "elpv"\ncell_type = "mono"\n'
                                  '[generate]\nn = 64\n[train]\nsteps = 1\n'
                                  '[evaluate]\nprotocol = "nope"\n',
