@@ -8,6 +8,7 @@ import pytest
 from nsa.generate.presets import (
     PRESETS,
     SettingsError,
+    check_recorded_settings,
     parse_settings,
     preset_names,
     resolve_settings,
@@ -194,3 +195,17 @@ def test_set_errors_are_one_line_naming_the_setting_exit_2(mvtec_root, tmp_path)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), result.output
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_a_version_1_store_is_read_and_resumed_as_the_same_settings():
+    from nsa.generate.generation import _resume_mismatch
+
+    old = FROZEN["bottle@128"]
+    check_recorded_settings(old)
+    wanted = {"preset": "bottle", "settings": resolve_settings("bottle", {"size": 128}),
+              "seed": 0, "n": 8, "chunk_size": 4, "height": 128, "width": 128,
+              "channels": 3, "source": {"kind": "mvtec", "files": []}}
+    attrs = {**wanted, "settings": old}
+    assert _resume_mismatch(attrs, wanted) is None
+    changed = {**old, "num_patches": 2}
+    assert _resume_mismatch({**attrs, "settings": changed}, wanted).startswith("settings (")
