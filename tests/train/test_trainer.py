@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from nsa.generate.shards import StoreError
 from nsa.train.checkpoint import load_model, load_state
 from nsa.train.data import open_training_stores, plan_epoch
 from nsa.train.model import NSAModel
-from nsa.train.trainer import TrainConfig, train
+from nsa.train.trainer import TrainConfig, resume_config, train
 
 from nsa.errors import UserError
 
@@ -148,3 +149,13 @@ def test_bad_options_are_refused_naming_them(tiny_store, tmp_path, options, mess
     config = {**FAST, **options}
     with pytest.raises(UserError, match=message):
         train(TrainConfig(shards=[str(tiny_store)], out=str(tmp_path / "r"), **config))
+
+
+def test_a_run_recorded_with_num_workers_resumes_with_those_workers(finished_run, tmp_path):
+    run = tmp_path / "old-run"
+    shutil.copytree(finished_run, run)
+    record = json.loads((run / "config.json").read_text())
+    record["config"]["num_workers"] = record["config"].pop("workers") * 2  # the old name
+    (run / "config.json").write_text(json.dumps(record))
+    _, config = resume_config(TrainConfig(resume=str(run)), given=[])
+    assert config.workers == 2
