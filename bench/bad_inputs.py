@@ -107,7 +107,7 @@ def build_scratch(root: Path) -> None:
         "cfg_generate_5.toml": "generate = 5\n",
         "cfg_categories_str.toml": '[source]\nkind = "mvtec"\nroot = "mvtec"\n'
                                    'categories = "bottle"\n',
-        "cfg_unknown_key.toml": '[source]\nkind = "elpv"\ncell_type = "mono"\nfoo = 1\n',
+        "cfg_unknown_key.toml": '[source]\nkind = "elpv"\ntype = "mono"\nfoo = 1\n',
         "cfg_bad_protocol.toml": '[source]\nkind = "elpv"\ncell_type = "mono"\n'
                                  '[generate]\nn = 64\n[train]\nsteps = 1\n'
                                  '[evaluate]\nprotocol = "nope"\n',
@@ -235,9 +235,9 @@ def cases(http_port: int) -> list[Case]:
         Case("train: --device cuda without GPU", [*train, "--shards", "store.zarr",
                                                   "--out", "r10", "--steps", "1",
                                                   "--device", "cuda"]),
-        Case("train: --num-workers not dividing batch", [*train, "--shards", "store.zarr",
+        Case("train: --workers not dividing batch", [*train, "--shards", "store.zarr",
                                                          "--out", "r11", "--steps", "1",
-                                                         "--num-workers", "3"]),
+                                                         "--workers", "3"]),
         Case("train: --lr 1e12 diverges", [*train, "--shards", "store.zarr", "--out", "r12",
                                            "--steps", "6", "--lr", "1e12"], (1,)),
         # nsa-eval

@@ -34,7 +34,8 @@ from nsa.generate.presets import resolve_settings
 from nsa.generate.shards import label_to_mask
 from nsa.generate.sources import elpv_source
 from nsa.generate.synthesis import make_example, prepare_sources
-from nsa.train.trainer import Run, TrainConfig, prepare_run_dir, resolve_device
+from nsa.train.devices import resolve_device
+from nsa.train.trainer import Run, TrainConfig, prepare_run_dir
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 

@@ -10,18 +10,21 @@ import typer
 from nsa.datasets.base import Dataset, SourceTable, option
 from nsa.evaluate.testsets import TestSet, elpv_testset
 from nsa.generate.sources import Source, elpv_data_dir, elpv_source
+from pydantic import AliasChoices, Field
 
 from nsa.errors import UserError
 
 
 class ElpvSource(SourceTable):
-    """``[source]``: ``cell_type`` (one category, mono or poly)."""
+    """``[source]``: ``type`` (one category, mono or poly; the old key ``cell_type`` is
+    still read), as ``nsa-gen elpv --type``."""
 
     kind: Literal["elpv"]
-    cell_type: Literal["mono", "poly"] = "mono"
+    type: Literal["mono", "poly"] = Field(
+        "mono", validation_alias=AliasChoices("type", "cell_type"))
 
     def category_names(self) -> list[str]:
-        return [self.cell_type]
+        return [self.type]
 
     def training_source(self, category: str) -> Source:
         return elpv_source(category, "train")

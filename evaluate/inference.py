@@ -21,13 +21,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from nsa.generate.presets import MODEL_STRIDE, evaluation_view, parse_augment
 from nsa.train.checkpoint import load_model
+from nsa.train.devices import resolve_device
 
 from nsa.errors import UserError
 
 PROTOCOLS = ("nsa", "mvtec")
-#: Sides the model accepts must be multiples of its total stride.
-MODEL_STRIDE = 32
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,11 @@ class Geometry:
     def from_config(cls, config: dict[str, Any]) -> Geometry:
         """The geometry of a training run's preset, checked against the model's stride."""
         settings = config.get("settings") or {}
-        kind = settings.get("kind")
-        augment = settings.get("augment") or {}
         size = settings.get("size") or config.get("height")
         if size is None:
             raise UserError("the run's config.json records no image size (settings.size)")
-        if kind in ("object", "xray"):
-            side, crop = int(size), augment.get("crop")
-            crop = int(crop) if crop and crop < side else None
-        else:
-            side, crop = int(augment.get("crop") or size), None
+        side, crop = evaluation_view(settings.get("kind"), int(size),
+                               parse_augment(settings.get("augment")))
         seen = crop or side
         if seen % MODEL_STRIDE:
             raise UserError(
@@ -125,19 +120,6 @@ def image_score(anomaly_map: np.ndarray, protocol: str) -> float:
     if check_protocol(protocol) == "nsa":
         return float(anomaly_map.mean(dtype=np.float64))
     return float(anomaly_map.max())
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; a named device that is absent is a UserError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {device!r}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    return resolved
 
 
 @dataclass(frozen=True)

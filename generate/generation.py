@@ -38,7 +38,7 @@ import numpy as np
 from nsa.generate import shards
 from nsa.generate.anomaly_rate import check_anomaly_rate
 from nsa.generate.images import read_images, with_white_level
-from nsa.generate.presets import preset_names, resolve_settings
+from nsa.generate.presets import preset_names, resolve_settings, upgrade_settings
 from nsa.generate.sources import Source
 from nsa.generate.synthesis import SKIP_REASONS, Example, SourceSet, make_example, prepare_sources
 
@@ -140,7 +140,9 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
 def _resume_mismatch(attrs: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     """The first attribute that differs between an existing store and this run."""
     for key in IDENTITY_KEYS:
-        if attrs.get(key) != wanted[key]:
+        # settings recorded by an older version are compared as this version records them
+        before = upgrade_settings(attrs.get(key)) if key == "settings" else attrs.get(key)
+        if before != wanted[key]:
             return f"{key} ({attrs.get(key)!r} there, {wanted[key]!r} now)"
     old, new = attrs.get("source", {}), wanted["source"]
     if old.get("kind") != new["kind"]:

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from nsa.generate.presets import SettingsError, check_recorded_settings
+from nsa.generate.presets import MAX_PATCHES, SettingsError, check_recorded_settings
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from nsa.errors import CheckFailed, UserError, writing
@@ -57,7 +57,6 @@ from nsa.progress import progress_bar
 
 FORMAT = "nsa-shards"
 FORMAT_VERSION = 1
-MAX_PATCHES = 4
 DEFAULT_CHUNK_SIZE = 64
 # Blosc lz4 level 5 with bit shuffle. Synthesis makes an ELPV example in ~1.4 ms, so every
 # 0.1 ms spent storing it costs 7% of a worker. Measured on 64 ELPV examples at 256 px

@@ -32,7 +32,7 @@ from nsa.generate import patches as geometry
 from nsa.generate.labels import label_map
 from nsa.generate.objects import object_mask
 from nsa.generate.poisson import poisson_blend
-from nsa.generate.presets import SettingsError
+from nsa.generate.presets import SynthesisSettings, parse_settings
 from nsa.generate.rng import example_rng
 
 from nsa.errors import UserError
@@ -61,42 +61,6 @@ class Example:
     dest_index: int = -1
     source_index: int = -1
     patches: list[geometry.PatchRecord] = field(default_factory=list)  # every attempted patch
-
-
-@dataclass(frozen=True)
-class _Params:
-    """The settings synthesis reads, taken once from the settings dict."""
-
-    mode: str
-    label_mode: str
-    num_patches: int
-    width_bounds: tuple
-    gamma_params: tuple | None
-    num_ellipses: int | None
-    background: tuple | None
-    min_object_pct: float
-    min_overlap_pct: float
-    resize: bool
-    resize_bounds: tuple
-    shift: bool
-    same: bool
-    cutpaste: bool
-    tol: float
-    logistic_params: tuple
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> _Params:
-        try:
-            values = {name: settings[name] for name in cls.__dataclass_fields__}
-        except KeyError as exc:
-            raise SettingsError(f"settings lack {exc.args[0]!r}; build them with "
-                                "presets.resolve_settings(preset, overrides)") from None
-        for name in ("width_bounds", "gamma_params", "background", "resize_bounds",
-                     "logistic_params"):
-            if values[name] is not None:
-                values[name] = tuple(tuple(v) if isinstance(v, (list, tuple)) else v
-                                     for v in values[name])
-        return cls(**values)
 
 
 def check_image_pair(dest: np.ndarray, src: np.ndarray, settings: dict[str, Any]) -> None:
@@ -138,13 +102,13 @@ def _integral(mask: np.ndarray | None) -> np.ndarray | None:
 class _Synthesizer:
     """Makes one example; holds the per-example state that the patches share."""
 
-    def __init__(self, dest: np.ndarray, src: np.ndarray, p: _Params,
+    def __init__(self, dest: np.ndarray, src: np.ndarray, p: SynthesisSettings,
                  rng: np.random.Generator, dest_object: np.ndarray | None,
                  src_object: np.ndarray | None, src_integral: np.ndarray | None = None):
         self.dest, self.src, self.p, self.rng = dest, src, p, rng
         self.height, self.width = dest.shape[:2]
         self.bounds = geometry.WidthBounds.from_fractions(p.width_bounds, self.height, self.width)
-        self.objects = (p.background is not None and not p.same and not p.cutpaste
+        self.objects = (p.uses_object_masks
                         and dest_object is not None and src_object is not None)
         self.dest_object = dest_object if self.objects else None
         self.src_object = src_object if self.objects else None
@@ -320,11 +284,11 @@ def synthesize(dest: np.ndarray, src: np.ndarray, settings: dict[str, Any],
     computed here when the settings ask for them and none are given. With ``same`` the
     source is ``dest`` itself and ``src`` is ignored.
     """
-    p = _Params.from_settings(settings)
+    p = parse_settings(settings)
     if p.same:
         src = dest
     check_image_pair(dest, src, settings)
-    if p.background is not None and not p.same:
+    if p.uses_object_masks:
         if dest_object is None:
             dest_object = object_mask(dest, p.background)
         if src_object is None:
@@ -364,7 +328,7 @@ def prepare_sources(images: Sequence[np.ndarray], settings: dict[str, Any]) -> S
     images = list(images)
     if not images:
         raise ImageError("no source images given")
-    p = _Params.from_settings(settings)
+    p = parse_settings(settings)
     if len(images) < 2 and not p.same:
         raise ImageError("need at least 2 source images (a destination and a different "
                          "source), or the setting same=true")
@@ -375,7 +339,7 @@ def prepare_sources(images: Sequence[np.ndarray], settings: dict[str, Any]) -> S
         except ImageError as exc:
             raise ImageError(f"source image {i}: {exc}") from None
     sources = SourceSet(images=images)
-    if p.background is not None and not p.same and not p.cutpaste:
+    if p.uses_object_masks:
         sources.masks_for(p.background)
     return sources
 
@@ -388,7 +352,7 @@ def make_example(sources: SourceSet, settings: dict[str, Any], seed: int,
     example's own stream, then calls the synthesis with cached object masks.
     """
     rng = example_rng(seed, index)
-    p = _Params.from_settings(settings)
+    p = parse_settings(settings)
     n = len(sources)
     dest_index = int(rng.integers(n))
     if p.same or n < 2:
@@ -398,7 +362,7 @@ def make_example(sources: SourceSet, settings: dict[str, Any], seed: int,
         source_index += source_index >= dest_index
     dest, src = sources.images[dest_index], sources.images[source_index]
     check_image_size(dest.shape[0], dest.shape[1], settings)
-    if p.background is not None and not p.same and not p.cutpaste:
+    if p.uses_object_masks:
         masks, integrals = sources.masks_for(p.background)
         example = _Synthesizer(dest, src, p, rng, masks[dest_index], masks[source_index],
                                integrals[source_index]).run()

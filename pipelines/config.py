@@ -7,11 +7,12 @@ A config reads top to bottom like the job it describes::
 
     [source]                        # where the normal training images come from
     kind = "elpv"                   # a dataset of nsa.datasets: mvtec, visa, folder, ...
-    cell_type = "mono"              # elpv: mono | poly
+    type = "mono"                   # elpv: mono | poly
 
     [generate]                      # nsa-gen options, same names as the CLI
-    n = 8000                        # or n_by_category = { zipper = 76800, ... }
+    n = 8000                        # or "paper", or n_by_category = { zipper = 76800, ... }
     size = 128
+    set = { mode = "swap" }         # --set mode=swap
 
     [train]                         # nsa-train options
     epochs = 1
@@ -21,7 +22,10 @@ A config reads top to bottom like the job it describes::
     protocol = "nsa"
 
 Every option has the name it has on the stage's command line (with ``_`` for ``-``), so
-a config is what a user would otherwise type three times per category.
+a config is what a user would otherwise type three times per category. ``n = "paper"``
+is the paper's budget: the category's training images x its preset's ``paper_epochs``.
+Keys renamed since are still read: ``cell_type`` (now ``type``), ``overrides`` (now
+``set``), ``num_workers`` (now ``workers``).
 
 :func:`load_config` checks the whole file before any job starts: every table and key
 (types are strict: a string where a list belongs is an error, not a list of letters;
@@ -46,11 +50,11 @@ from nsa.datasets import DATASETS
 from nsa.datasets.base import SourceTable, Table, hint
 from nsa.evaluate.inference import check_protocol
 from nsa.generate.generation import source_settings
-from nsa.generate.presets import PRESETS
+from nsa.generate.presets import PRESETS, paper_budget
 from nsa.generate.shards import DEFAULT_CHUNK_SIZE
 from nsa.generate.sources import Source
 from nsa.train.trainer import TrainConfig, check_config
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, PlainValidator, ValidationError
 
 from nsa.errors import UserError, os_error
 
@@ -58,6 +62,17 @@ SOURCE_KINDS = tuple(DATASETS)
 DEVICES = ("auto", "cpu", "cuda")
 
 PositiveInt = Annotated[int, Field(ge=1)]
+
+
+def _budget(value: Any) -> int | str:
+    if value == "paper" or (isinstance(value, int) and not isinstance(value, bool)
+                            and value >= 1):
+        return value
+    raise ValueError('must be a positive integer or "paper"')
+
+
+#: A number of examples, or "paper": training images x the preset's paper_epochs.
+Budget = Annotated[int | str, PlainValidator(_budget)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
@@ -75,13 +90,14 @@ AnySource = Annotated[Union[tuple(SOURCE_TABLES.values())],  # noqa: UP007
 class GenerateOptions(_Table):
     """nsa-gen options; ``workers`` changes only the speed, never the store."""
 
-    n: PositiveInt | None = None
-    n_by_category: dict[str, PositiveInt] = Field(default_factory=dict)
+    n: Budget | None = None
+    n_by_category: dict[str, Budget] = Field(default_factory=dict)
     preset: str | None = None
     size: PositiveInt | None = None
     workers: PositiveInt | None = None
     chunk_size: PositiveInt = DEFAULT_CHUNK_SIZE
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    set: dict[str, Any] = Field(default_factory=dict,
+                                validation_alias=AliasChoices("set", "overrides"))
 
 
 class TrainOptions(_Table):
@@ -99,7 +115,8 @@ class TrainOptions(_Table):
     checkpoint_every: PositiveInt | None = None
     log_every: PositiveInt | None = None
     predictions: NonNegativeInt | None = None
-    num_workers: PositiveInt | None = None
+    workers: PositiveInt | None = Field(
+        None, validation_alias=AliasChoices("workers", "num_workers"))
 
     def given(self) -> dict[str, Any]:
         """The options the config sets (``TrainConfig`` keyword arguments)."""
@@ -178,10 +195,17 @@ class PipelineConfig:
         ]
 
     def n_for(self, category: str) -> int:
-        """The number of examples to generate for ``category`` (checked at load)."""
+        """The number of examples to generate for ``category`` (checked at load); for
+        ``"paper"``, its training images (listed, not read) x its preset's
+        ``paper_epochs``. Raises UserError when the training images cannot be listed."""
         n = self.generate.n_by_category.get(category, self.generate.n)
         assert n is not None, "load_config checks that every category has an n"
-        return n
+        if n != "paper":
+            return n
+        from nsa.pipelines.stages import training_source  # stages imports this module
+
+        images = len(training_source(self, category).files)
+        return paper_budget(self.settings[category]["preset"], images)
 
 
 def default_preset(source: SourceTable, category: str) -> str | None:
@@ -253,6 +277,7 @@ def _problem(error: dict[str, Any]) -> str:
         "model_attributes_type": f"must be a table, not {value}",
         "literal_error": f"must be {expected}, not {value}",
         "too_short": "must not be empty",
+        "value_error": f"{ctx.get('error')}, not {value}",
     }.get(kind)
     if what is None:
         what = f"{error['msg'][:1].lower()}{error['msg'][1:]}, not {value}"
@@ -318,7 +343,7 @@ def _resolve_settings(path: Path, parsed: PipelineFile, category: str) -> dict[s
     generate = parsed.generate
     stand_in = Source(source.kind, category, [], default_preset(source, category))
     try:
-        return source_settings(stand_in, generate.preset, generate.overrides, generate.size)
+        return source_settings(stand_in, generate.preset, generate.set, generate.size)
     except UserError as exc:
         several = len(source.category_names()) > 1 and generate.preset is None
         which = f" (category {category})" if several else ""

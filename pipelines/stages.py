@@ -83,7 +83,7 @@ def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
     """The settings of each stage of ``job`` and their chained hashes."""
     generate = {
         "n": config.n_for(job.category), "seed": job.seed, "preset": config.generate.preset,
-        "overrides": config.generate.overrides, "size": config.generate.size,
+        "overrides": config.generate.set, "size": config.generate.size,
         "chunk_size": config.generate.chunk_size, "workers": config.generate.workers,
     }
     gen_hash = settings_hash({

@@ -12,12 +12,12 @@ because they are stacked into one tensor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from nsa.generate.presets import Augment, parse_augment
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -27,27 +27,22 @@ from nsa.errors import UserError
 PARAM_COLUMNS = ("angle", "top", "left", "vflip", "hflip")
 
 
-@dataclass(frozen=True)
-class AugmentSpec:
-    """The augmentation of one store, resolved against its image size."""
+class AugmentSpec(Augment):
+    """The augmentation of one store (its ``settings["augment"]``, the one typed
+    :class:`~nsa.generate.presets.Augment`) resolved against its image size."""
 
     height: int
     width: int
-    rotate: float = 0.0
-    center_crop: int | None = None
-    crop: int | None = None
-    vflip: bool = False
-    hflip: bool = False
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], height: int, width: int) -> AugmentSpec:
-        """Read ``settings["augment"]`` (missing keys mean "off") and check the sizes fit."""
-        aug = settings.get("augment") or {}
-        spec = cls(
-            height=height, width=width, rotate=float(aug.get("rotate") or 0.0),
-            center_crop=aug.get("center_crop"), crop=aug.get("crop"),
-            vflip=bool(aug.get("vflip", False)), hflip=bool(aug.get("hflip", False)),
-        )
+        """Read ``settings["augment"]`` (missing keys mean "off") and check the sizes fit.
+
+        Raises :class:`~nsa.generate.presets.SettingsError` naming a malformed key and
+        :class:`UserError` when a crop does not fit ``height`` x ``width``.
+        """
+        augment = parse_augment(settings.get("augment"))
+        spec = cls(height=height, width=width, **augment.model_dump())
         side = min(height, width)
         if spec.center_crop is not None and not 0 < spec.center_crop <= side:
             raise UserError(f"augment center_crop {spec.center_crop} does not fit {height}x{width}")

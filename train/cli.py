@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -9,7 +10,7 @@ from nsa.train.export import export_command
 from nsa.train.trainer import TrainConfig, train
 
 from nsa.default_command import DefaultCommandGroup
-from nsa.errors import cli_errors
+from nsa.errors import UserError, cli_errors
 from nsa.version_option import show_version
 
 app = typer.Typer(
@@ -32,14 +33,18 @@ def main(
         None, "--shards", help="Store(s) to train on: --shards A B C (or repeat --shards).",
     ),
     more_shards: list[Path] = typer.Argument(None, hidden=True, metavar="[STORE]..."),
-    out: Path = typer.Option(None, help="New run directory."),
+    out: Path = typer.Option(
+        None, show_default="runs/<store name>",
+        help="New run directory (default: runs/ and the store's name without .zarr; with "
+        "several stores their names joined by '+').",
+    ),
     resume: Path = typer.Option(
         None, help="Continue the run in this directory exactly where its checkpoint left it.",
     ),
     epochs: int = typer.Option(None, help="Passes over the stores (give this or --steps)."),
     steps: int = typer.Option(None, help="Optimiser steps (give this or --epochs)."),
     batch_size: int = typer.Option(
-        None, show_default=_default("batch_size"), help="Global batch, split across --num-workers.",
+        None, show_default=_default("batch_size"), help="Global batch, split across --workers.",
     ),
     lr: float = typer.Option(
         None, show_default=_default("lr"), help="Adam learning rate at the start.",
@@ -51,7 +56,7 @@ def main(
         None, show_default=_default("seed"), help="Seed of weights, data order and augmentation.",
     ),
     device: str = typer.Option(
-        None, show_default=_default("device"), help="auto, cpu or cuda.",
+        None, show_default=_default("device"), help="auto, cpu, cuda or cuda:N.",
     ),
     threads: int = typer.Option(None, help="CPU threads per worker (default: all cores)."),
     loader_workers: int = typer.Option(
@@ -70,9 +75,11 @@ def main(
     predictions: int = typer.Option(
         None, show_default=_default("predictions"), help="Training examples in predictions.png.",
     ),
-    num_workers: int = typer.Option(
-        None, show_default=_default("num_workers"), help="Ray Train workers (DDP); 1 trains here.",
+    workers: int = typer.Option(
+        None, show_default=_default("workers"),
+        help="Ray Train workers: DDP processes, one per GPU (or CPU process); 1 trains here.",
     ),
+    num_workers: int = typer.Option(None, hidden=True, help="Deprecated name of --workers."),
     address: str = typer.Option(None, help="Ray cluster address (default: start a local Ray)."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
     progress: bool = typer.Option(
@@ -86,18 +93,37 @@ def main(
     with checkpoints, config.json, metrics.jsonl, loss.png and predictions.png."""
     with cli_errors():
         stores = [str(p) for p in [*(shards or []), *(more_shards or [])]]
+        if num_workers is not None:
+            if workers is not None:
+                raise UserError("give --workers only (--num-workers is its old name)")
+            print("warning: --num-workers is deprecated; it is now called --workers",
+                  file=sys.stderr)
+            workers = num_workers
+        if out is None and resume is None and stores:
+            out = default_run_dir(stores)
+            print(f"note: no --out given; the run goes to {out}", file=sys.stderr)
         options = {
             "shards": stores or None, "out": str(out) if out else None,
             "resume": str(resume) if resume else None, "epochs": epochs, "steps": steps,
             "batch_size": batch_size, "lr": lr, "min_lr": min_lr, "seed": seed,
             "device": device, "threads": threads, "loader_workers": loader_workers,
             "shuffle_chunks": shuffle_chunks, "checkpoint_every": checkpoint_every,
-            "log_every": log_every, "predictions": predictions, "num_workers": num_workers,
+            "log_every": log_every, "predictions": predictions, "workers": workers,
             "address": address, "overwrite": overwrite or None, "progress": progress,
         }
         given = {name: value for name, value in options.items() if value is not None}
         run_dir = train(TrainConfig(**given), given=set(given))
         print(run_dir)
+
+
+def default_run_dir(stores: list[str]) -> Path:
+    """``runs/<name>`` for the stores' names without ``.zarr`` (``a.zarr`` -> ``runs/a``;
+    ``a.zarr b.zarr`` -> ``runs/a+b``): what ``--out`` is when not given."""
+    names = []
+    for store in stores:
+        name = Path(store.rstrip("/")).name
+        names.append(name.removesuffix(".zarr") or name)
+    return Path("runs") / "+".join(names)
 
 
 app.command("export")(export_command)

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from nsa.generate.presets import MODEL_STRIDE
 from nsa.generate.shards import Store, StoreError, open_store
 from nsa.train.augment import AugmentSpec, apply_augment
-from nsa.train.model import STRIDE
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 # Domain tags keep the generators of different purposes apart for the same seed.
@@ -134,9 +134,9 @@ def open_training_stores(paths: Sequence[str | Path]) -> list[StoreInfo]:
                 f"{first.augment.output_size}: stores trained together must crop alike"
             )
     out_h, out_w = first.augment.output_size
-    if out_h % STRIDE or out_w % STRIDE:
+    if out_h % MODEL_STRIDE or out_w % MODEL_STRIDE:
         raise StoreError(
-            f"{first.path}: the model needs sides that are multiples of {STRIDE}, "
+            f"{first.path}: the model needs sides that are multiples of {MODEL_STRIDE}, "
             f"but these examples are {out_h}x{out_w} after cropping"
         )
     return infos

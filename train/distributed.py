@@ -1,9 +1,9 @@
 """Data-parallel training on several workers (GPUs of one node, or a Ray cluster).
 
-Ray Train's ``TorchTrainer`` starts ``num_workers`` processes and sets up the torch
+Ray Train's ``TorchTrainer`` starts ``workers`` processes and sets up the torch
 process group (NCCL on GPUs, gloo on CPUs); each worker runs the same loop as a
 single-process run (:func:`nsa.train.trainer.run_worker`) with its rank, reads its own
-share of the chunks (see :mod:`nsa.train.data`) and takes ``batch_size / num_workers``
+share of the chunks (see :mod:`nsa.train.data`) and takes ``batch_size / workers``
 examples per step, so the global batch and the learning-rate schedule do not depend on
 the number of workers. Rank 0 writes the run directory, which therefore has to be on a
 file system every node sees (it is, on one node).
@@ -44,7 +44,7 @@ def _first_user_error(exc: Exception) -> UserError | None:
 
 
 def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> None:
-    """Run the training loop on ``config.num_workers`` Ray Train workers (DDP)."""
+    """Run the training loop on ``config.workers`` Ray Train workers (DDP)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -58,7 +58,7 @@ def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> 
             train_loop_config={"config": asdict(config), "run_dir": str(run_dir),
                                "use_gpu": use_gpu},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu),
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
             run_config=RunConfig(
                 name="ray-train", storage_path=str(run_dir / "ray"),
                 failure_config=FailureConfig(max_failures=0),

@@ -27,12 +27,10 @@ gets fewer taps than the first (a fixed bright edge pixel, see PITFALLS.md). Her
 from __future__ import annotations
 
 import torch
+from nsa.generate.presets import MODEL_STRIDE
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models import resnet18
-
-#: Input sides must be multiples of this (the encoder's total stride).
-STRIDE = 32
 
 
 class TransposedResidualBlock(nn.Module):
@@ -107,6 +105,7 @@ class NSAModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        if height % STRIDE or width % STRIDE:
-            raise ValueError(f"input sides must be multiples of {STRIDE}, got {height}x{width}")
+        if height % MODEL_STRIDE or width % MODEL_STRIDE:
+            raise ValueError(
+                f"input sides must be multiples of {MODEL_STRIDE}, got {height}x{width}")
         return self.decoder(self.bottleneck(self.encoder(x)))

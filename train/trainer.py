@@ -1,7 +1,7 @@
 """Training the NSA model on shard stores: the loop, its state, and the run directory.
 
 ``train(TrainConfig(...))`` is what ``nsa-train`` calls. The loop is written once and run
-either in this process or, with ``num_workers > 1``, in each Ray Train worker under DDP
+either in this process or, with ``workers > 1``, in each Ray Train worker under DDP
 (see :mod:`nsa.train.distributed`). Resuming is exact on the CPU because everything the
 next step depends on is either in the checkpoint (model, Adam, scheduler, step, epoch,
 position in the epoch) or a pure function of the seed (the data order and augmentation,
@@ -36,6 +36,7 @@ from nsa.train.data import (
     open_training_stores,
     shared_memory_fits,
 )
+from nsa.train.devices import resolve_device
 from nsa.train.model import NSAModel
 from nsa.train.plots import plot_loss, plot_predictions
 from torch import nn
@@ -69,7 +70,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     predictions: int = 4
-    num_workers: int = 1
+    workers: int = 1
     address: str | None = None
     overwrite: bool = False
     progress: bool = True
@@ -83,21 +84,12 @@ class TrainConfig:
 RESUME_OVERRIDES = ("resume", "device", "threads", "address", "progress")
 #: Settings that only make sense for a new run.
 NEW_RUN_ONLY = ("out", "overwrite")
+#: Old name -> name of settings renamed since (a run's config.json may hold the old one).
+RENAMED = {"num_workers": "workers"}
 
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r}: choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 def check_config(config: TrainConfig) -> None:
@@ -109,7 +101,7 @@ def check_config(config: TrainConfig) -> None:
         if value is not None and value < 1:
             raise UserError(f"--{name} must be at least 1, not {value}")
     positive = ("batch_size", "lr", "checkpoint_every", "log_every", "shuffle_chunks",
-                "num_workers")
+                "workers")
     for name in positive:
         if getattr(config, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
@@ -122,10 +114,10 @@ def check_config(config: TrainConfig) -> None:
         raise UserError("--loader-workers must be 0 or more")
     if config.threads is not None and config.threads < 1:
         raise UserError("--threads must be at least 1")
-    if config.batch_size % config.num_workers:
+    if config.batch_size % config.workers:
         raise UserError(
-            f"--batch-size {config.batch_size} must be divisible by --num-workers "
-            f"{config.num_workers} (it is the global batch, split across workers)"
+            f"--batch-size {config.batch_size} must be divisible by --workers "
+            f"{config.workers} (it is the global batch, split across workers)"
         )
 
 
@@ -151,7 +143,7 @@ def choose_streams(config: TrainConfig, stores: list[StoreInfo], device: torch.d
     Raises StoreError when even one stream per worker cannot make one batch.
     """
     asked = max(1, config.loader_workers)
-    world = config.num_workers
+    world = config.workers
     for streams in range(asked, 0, -1):
         dataset = make_dataset(config, stores, 0, world, device, streams)
         if dataset.steps_in_epoch(0) > 0:
@@ -217,13 +209,13 @@ def train(config: TrainConfig, given: Collection[str] | None = None) -> Path:
     else:
         config = replace(config, shards=[store.path for store in stores],
                          loader_streams=choose_streams(config, stores, device))
-    dataset = make_dataset(config, stores, 0, config.num_workers, device)
+    dataset = make_dataset(config, stores, 0, config.workers, device)
     if not config.resume:
         run_dir = prepare_run_dir(config.out, config.overwrite)
         with writing(run_dir / ckpt.CONFIG_FILE):
             ckpt.write_json(run_record(config, stores, dataset), run_dir / ckpt.CONFIG_FILE)
     ckpt.remove_stale_temporaries(run_dir)
-    if config.num_workers > 1:
+    if config.workers > 1:
         from nsa.train.distributed import train_with_ray
 
         train_with_ray(config, run_dir, device)
@@ -250,6 +242,7 @@ def resume_config(config: TrainConfig, given: Collection[str] | None) -> tuple[P
     """
     run_dir = Path(config.resume)
     saved = ckpt.read_config(run_dir)["config"]
+    saved = {RENAMED.get(key, key): value for key, value in saved.items()}
     known = {f.name for f in fields(TrainConfig)}
     recorded = TrainConfig(**{k: v for k, v in saved.items() if k in known})
     if given is None:

@@ -2,9 +2,18 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
-from nsa.generate.presets import PRESETS, SettingsError, preset_names, resolve_settings
+from nsa.generate.presets import (
+    PRESETS,
+    SettingsError,
+    check_recorded_settings,
+    parse_settings,
+    preset_names,
+    resolve_settings,
+    upgrade_settings,
+)
 
 from nsa.errors import UserError
 
@@ -20,7 +29,7 @@ def test_preset_names_are_the_15_mvtec_categories_chestxray_and_elpv():
 def test_every_preset_resolves_to_plain_json_with_every_setting(name):
     settings = resolve_settings(name)
     assert json.loads(json.dumps(settings)) == settings
-    for key in ("preset", "size", "kind", "unaligned", "augment", "epochs", "mode",
+    for key in ("preset", "size", "kind", "unaligned", "augment", "paper_epochs", "mode",
                 "label_mode", "num_patches", "width_bounds", "gamma_params", "background",
                 "min_object_pct", "min_overlap_pct", "resize", "resize_bounds", "shift",
                 "same", "cutpaste", "tol", "logistic_params", "num_ellipses"):
@@ -48,7 +57,7 @@ def test_bottle_is_an_unaligned_object_with_normal_poisson_and_object_masks():
     assert s["logistic_params"] == pytest.approx([1 / 12, 24])
     assert s["augment"] == {"rotate": 5, "center_crop": 230, "crop": 224, "vflip": False,
                             "hflip": False}
-    assert s["epochs"] == 320
+    assert s["paper_epochs"] == 320
 
 
 def test_aligned_objects_are_not_rotated():
@@ -58,7 +67,7 @@ def test_aligned_objects_are_not_rotated():
 
 def test_screw_has_four_patches_and_560_epochs():
     s = resolve_settings("screw")
-    assert (s["num_patches"], s["epochs"], s["min_object_pct"]) == (4, 560, 0.5)
+    assert (s["num_patches"], s["paper_epochs"], s["min_object_pct"]) == (4, 560, 0.5)
 
 
 def test_textures_use_mixed_poisson_264_pixels_and_wider_rescaling():
@@ -74,7 +83,7 @@ def test_textures_use_mixed_poisson_264_pixels_and_wider_rescaling():
 def test_chestxray_has_its_own_gamma_and_overlap():
     s = resolve_settings("chestxray")
     assert s["gamma_params"] == [2.0, 0.03, 0.05]
-    assert (s["min_object_pct"], s["min_overlap_pct"], s["epochs"]) == (0.7, 0.7, 240)
+    assert (s["min_object_pct"], s["min_overlap_pct"], s["paper_epochs"]) == (0.7, 0.7, 240)
     assert s["background"] == [0, 20] and s["augment"]["rotate"] == 3
 
 
@@ -137,8 +146,66 @@ def test_explicit_crops_survive_a_size_override():
 
 @pytest.mark.parametrize(("augment", "named"), [
     (5, "'augment' = 5"), (None, "'augment' = None"), ([1, 2], "'augment' = [1, 2]"),
-    ({"crop": "x"}, "'crop' = 'x'"), ({"center_crop": True}, "'center_crop' = True"),
+    ({"crop": "x"}, "'augment.crop' = 'x'"),
+    ({"center_crop": True}, "'augment.center_crop' = True"),
 ])
 def test_a_malformed_augment_with_a_size_override_is_named(augment, named):
     with pytest.raises(SettingsError, match=re.escape(named)):
         resolve_settings("bottle", {"augment": augment, "size": 64})
+
+
+#: Every preset's resolved settings as nsa-pipeline resolved them before the typed model
+#: (settings version 1), and some at 128 px (``name@128``).
+FROZEN = json.loads((Path(__file__).parent / "presets_v1.json").read_text())
+
+
+@pytest.mark.parametrize("key", sorted(FROZEN))
+def test_preset_rows_resolve_to_the_frozen_settings(key):
+    name, _, size = key.partition("@")
+    settings = resolve_settings(name, {"size": int(size)} if size else None)
+    old = FROZEN[key]
+    # version 2 renamed epochs to paper_epochs and records its version; nothing else moved
+    assert json.dumps(settings) == json.dumps(upgrade_settings(old))
+    assert parse_settings(old).record() == settings
+
+
+def test_the_object_mask_condition_excludes_both_cutpaste_baselines():
+    assert parse_settings(resolve_settings("bottle")).uses_object_masks
+    for override in ({"same": True}, {"cutpaste": True}, {"background": None}):
+        assert not parse_settings(resolve_settings("bottle", override)).uses_object_masks
+
+
+def test_set_errors_are_one_line_naming_the_setting_exit_2(mvtec_root, tmp_path):
+    from nsa.generate.cli import app
+    from typer.testing import CliRunner
+
+    base = ["mvtec", "--root", str(mvtec_root), "--category", "bottle", "--n", "4",
+            "--out", str(tmp_path / "x.zarr"), "--quiet", "--set"]
+    for item, message in [
+        ("num_patches=9", "error: setting 'num_patches' = 9 is invalid: input should be "
+                          "less than or equal to 4"),
+        ('num_patches="3"', "error: setting 'num_patches' = '3' is invalid: expected an "
+                            "integer"),
+        ("augment={\"crop\": true}", "error: setting 'augment.crop' = True is invalid: "
+                                     "expected an integer"),
+        ("colour=1", "error: unknown setting(s) 'colour'; valid names: mode,"),
+    ]:
+        result = CliRunner().invoke(app, [*base, item])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), result.output
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_a_version_1_store_is_read_and_resumed_as_the_same_settings():
+    from nsa.generate.generation import _resume_mismatch
+
+    old = FROZEN["bottle@128"]
+    check_recorded_settings(old)
+    wanted = {"preset": "bottle", "settings": resolve_settings("bottle", {"size": 128}),
+              "seed": 0, "n": 8, "chunk_size": 4, "height": 128, "width": 128,
+              "channels": 3, "source": {"kind": "mvtec", "files": []}}
+    attrs = {**wanted, "settings": old}
+    assert _resume_mismatch(attrs, wanted) is None
+    changed = {**old, "num_patches": 2}
+    assert _resume_mismatch({**attrs, "settings": changed}, wanted).startswith("settings (")

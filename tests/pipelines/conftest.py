@@ -44,7 +44,7 @@ n = {n}
 size = 64
 chunk_size = 16
 workers = {workers}
-overrides = {{ augment = {{ rotate = 5, center_crop = 64, crop = 64 }} }}
+set = {{ augment = {{ rotate = 5, center_crop = 64, crop = 64 }} }}
 
 [train]
 steps = {steps}

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from nsa.generate.presets import paper_budget
 from nsa.generate.sources import elpv_source, mvtec_source
 from nsa.pipelines.cli import app
 from nsa.pipelines.config import ConfigError, check_inputs, default_preset, load_config
@@ -79,7 +80,7 @@ def test_settings_are_resolved_as_generation_resolves_them(tmp_path):
 @pytest.mark.parametrize(("old", "new", "message"), [
     # types: a string is not split into letters, a number is not a table
     ('["bottle", "zipper"]', '"catA"', '[source] categories: must be a list [...], not "catA"'),
-    ("n = 10", 'n = "abc"', '[generate] n: must be an integer, not "abc"'),
+    ("n = 10", 'n = "abc"', '[generate] n: must be a positive integer or "paper", not "abc"'),
     (('out = "o"', "[generate]\nn = 10\n"), ('out = "o"\ngenerate = 5', ""),
      "generate: must be a table, not 5"),
     ("seeds = [0, 1]", "seeds = [0, true]", "seeds[1]: must be an integer, not true"),
@@ -96,7 +97,7 @@ def test_settings_are_resolved_as_generation_resolves_them(tmp_path):
     ("steps = 2", "steps = 0", "[train] steps: must be at least 1, not 0"),
     ('protocol = "nsa"', 'protocol = "nsx"',
      '[evaluate] protocol: must be "nsa" or "mvtec", not "nsx"'),
-    ("n = 10", "n = 0", "[generate] n: must be at least 1, not 0"),
+    ("n = 10", "n = 0", '[generate] n: must be a positive integer or "paper", not 0'),
     ("n = 10", "n = 10\nworkers = 0", "[generate] workers: must be at least 1, not 0"),
     ("n = 10", "n = 10\nchunk_size = 0", "[generate] chunk_size: must be at least 1"),
     ("seeds = [0, 1]", "seeds = [-1]", "seeds[0]: must be at least 0, not -1"),
@@ -115,14 +116,14 @@ def test_settings_are_resolved_as_generation_resolves_them(tmp_path):
     ('out = "o"', 'out = [', "not valid TOML"),
     # each stage's own checks, run at load
     ("steps = 2", "steps = 2\nepochs = 1", "[train] give exactly one of epochs or steps"),
-    ("steps = 2", "steps = 2\nbatch_size = 9\nnum_workers = 2",
-     "[train] batch_size 9 must be divisible by num_workers 2"),
+    ("steps = 2", "steps = 2\nbatch_size = 9\nworkers = 2",
+     "[train] batch_size 9 must be divisible by workers 2"),
     ("steps = 2", "steps = 2\nlr = 0.001\nmin_lr = 0.01", "[train] min_lr must lie between"),
     ("n = 10", "n = 10\nsize = 8", "setting 'size' = 8 is invalid"),
     ("n = 10", 'n = 10\npreset = "nope"', "[generate] unknown preset 'nope'"),
-    ("n = 10", 'n = 10\noverrides = { mode = "nope" }',
+    ("n = 10", 'n = 10\nset = { mode = "nope" }',
      "[generate] (category bottle) setting 'mode' = 'nope'"),
-    ("n = 10", "n = 10\noverrides = { augmnt = 1 }",
+    ("n = 10", "n = 10\nset = { augmnt = 1 }",
      "[generate] (category bottle) unknown setting(s) 'augmnt'"),
 ])
 def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, old, new, message):
@@ -135,14 +136,17 @@ def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, old, new, messag
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('out = "o"\n[source]\nkind = "elpv"\ncell_type = "mixed"\n[generate]\nn = 5\n'
-     '[train]\nsteps = 1\n', '[source] cell_type: must be "mono" or "poly", not "mixed"'),
+    ('out = "o"\n[source]\nkind = "elpv"\ntype = "mixed"\n[generate]\nn = 5\n'
+     '[train]\nsteps = 1\n', '[source] type: must be "mono" or "poly", not "mixed"'),
     ('out = "o"\n[source]\nkind = "chestxray"\nroot = "r"\n[source.lists.male]\n'
      'train = "a"\n[generate]\nn = 5\n[train]\nsteps = 1\n',
      "[source] lists.male.normal_test: missing"),
     ('out = "o"\n[source]\nkind = "folder"\nroot = "r"\ntest_good = "g"\n'
      'test_defects = ["d"]\n[generate]\nn = 5\n[train]\nsteps = 1\n',
      "[generate] preset: missing"),
+    ('out = "o"\n[source]\nkind = "folder"\nroot = "r"\ntest_good = "g"\n'
+     'test_defects = "dents"\n[generate]\nn = 5\npreset = "elpv"\n[train]\nsteps = 1\n',
+     '[source] test_defects: must be a list [...], not "dents"'),
 ])
 def test_other_source_kinds_are_checked_too(tmp_path, text, message):
     with pytest.raises(ConfigError, match="^" + str(tmp_path)) as info:
@@ -180,10 +184,55 @@ def test_packaged_configs_parse():
     root = Path(__file__).parents[2] / "pipelines" / "configs"
     paper = load_config(root / "mvtec-paper.toml")
     assert len(paper.categories) == 15 and paper.seeds == [0, 1, 2, 3, 4]
-    assert paper.n_for("zipper") == 240 * 320
+    assert paper.generate.n == "paper"
     chest = load_config(root / "chestxray-paper.toml")
-    assert chest.categories == ["male", "female"] and chest.n_for("male") == 1973 * 240
+    assert chest.categories == ["male", "female"] and chest.generate.n == "paper"
     assert load_config(root / "elpv-demo.toml").categories == ["mono"]
+
+
+#: The budgets mvtec-paper.toml and chestxray-paper.toml wrote by hand before they were
+#: derived: category -> (training images, n).
+HAND_WRITTEN_BUDGETS = {
+    "bottle": (209, 66880), "cable": (224, 71680), "capsule": (219, 70080),
+    "hazelnut": (391, 218960), "metal_nut": (220, 123200), "pill": (267, 85440),
+    "screw": (320, 179200), "toothbrush": (60, 19200), "transistor": (213, 68160),
+    "zipper": (240, 76800), "carpet": (280, 89600), "grid": (264, 84480),
+    "leather": (245, 78400), "tile": (230, 73600), "wood": (247, 79040),
+    "chestxray": (1973, 473520),
+}
+
+
+def test_derived_paper_budgets_equal_the_hand_written_ones():
+    for preset, (images, n) in HAND_WRITTEN_BUDGETS.items():
+        assert paper_budget(preset, images) == n, preset
+    assert paper_budget("chestxray", 1641) == 393840  # the female list
+
+
+def test_n_paper_counts_the_categorys_training_images(tmp_path, mvtec_root):
+    text = edit(('root = "r"', '["bottle", "zipper"]', "n = 10"),
+                (f'root = "{mvtec_root}"', '["bottle"]', 'n = "paper"'))
+    config = load_config(write(tmp_path, text))
+    assert config.n_for("bottle") == 6 * 320  # 6 images in bottle/train/good
+
+
+@pytest.mark.parametrize("key,line", [
+    ("categories", 'categories = "bottle"'), ("seeds", "seeds = 0"),
+])
+def test_a_string_or_number_where_a_list_belongs_is_refused(tmp_path, key, line):
+    text = edit('categories = ["bottle", "zipper"]', line) if key == "categories" else \
+        edit("seeds = [0, 1]", line)
+    with pytest.raises(ConfigError, match=f"{key}: must be a list"):
+        load_config(write(tmp_path, text))
+
+
+def test_renamed_keys_are_still_read(tmp_path):
+    text = edit(("n = 10", "steps = 2"),
+                ('n = 10\noverrides = { mode = "swap" }', "steps = 2\nnum_workers = 2"))
+    config = load_config(write(tmp_path, text))
+    assert config.generate.set == {"mode": "swap"} and config.train.workers == 2
+    elpv = load_config(write(tmp_path, 'out = "o"\n[source]\nkind = "elpv"\n'
+                             'cell_type = "poly"\n[generate]\nn = 5\n[train]\nsteps = 1\n'))
+    assert elpv.categories == ["poly"]
 
 
 def _cli_cases(tmp_path: Path) -> dict[str, Path]:
@@ -207,7 +256,7 @@ def _cli_cases(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(("case", "message"), [
-    ("n_text", '[generate] n: must be an integer, not "abc"'),
+    ("n_text", '[generate] n: must be a positive integer or "paper", not "abc"'),
     ("generate_number", "generate: must be a table, not 5"),
     ("categories_string", '[source] categories: must be a list [...], not "catA"'),
     ("steps_zero", "[train] steps: must be at least 1, not 0"),

@@ -42,7 +42,8 @@ def test_same_generator_seed_draws_the_same_parameters():
 
 
 def test_image_and_label_get_the_same_transform():
-    spec = AugmentSpec(64, 64, rotate=5, center_crop=48, crop=32, vflip=True, hflip=True)
+    spec = AugmentSpec(height=64, width=64, rotate=5, center_crop=48, crop=32, vflip=True,
+                       hflip=True)
     image = torch.randint(0, 256, (6, 1, 64, 64), dtype=torch.uint8)
     stacked = torch.cat([image, image], dim=1)  # label map identical to the image
     out = apply_augment(stacked, spec.draw(np.random.default_rng(1), 6), spec.output_size)
@@ -51,7 +52,7 @@ def test_image_and_label_get_the_same_transform():
 
 
 def test_crop_is_a_plain_pixel_window_without_rotation():
-    spec = AugmentSpec(64, 64, crop=32)
+    spec = AugmentSpec(height=64, width=64, crop=32)
     stacked = torch.randint(0, 256, (1, 2, 64, 64), dtype=torch.uint8)
     params = np.array([[0.0, 5, 9, 0, 0]])
     out = apply_augment(stacked, params, spec.output_size)

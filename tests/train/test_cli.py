@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from nsa.train.cli import app
+from nsa.train.cli import app, default_run_dir
 from typer.testing import CliRunner
 
 import nsa
@@ -34,3 +35,27 @@ def test_a_missing_store_is_one_line_and_exit_2(tmp_path):
 def test_version_prints_the_package_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == nsa.__version__
+
+
+def test_without_out_the_run_goes_to_runs_and_the_store_names(tmp_path, make_store,
+                                                               monkeypatch):
+    a = make_store(tmp_path / "a.zarr", n=16, seed=1)
+    b = make_store(tmp_path / "b.zarr", n=16, seed=2)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["--shards", str(a), f"{b}/", *QUICK])
+    assert result.exit_code == 0, result.output
+    assert "note: no --out given; the run goes to runs/a+b" in result.stderr.splitlines()
+    assert result.stdout.strip() == "runs/a+b"
+    assert (tmp_path / "runs" / "a+b" / "config.json").is_file()
+    assert default_run_dir(["s3://bucket/data/zipper.zarr"]) == Path("runs/zipper")
+
+
+def test_num_workers_is_the_old_name_of_workers(tmp_path, make_store):
+    a = make_store(tmp_path / "a.zarr", n=16, seed=1)
+    result = runner.invoke(app, ["--shards", str(a), "--out", str(tmp_path / "run"),
+                                 *QUICK, "--num-workers", "3"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "warning: --num-workers is deprecated; it is now called --workers",
+        "error: --batch-size 8 must be divisible by --workers 3 (it is the global batch, "
+        "split across workers)"]

@@ -1,4 +1,4 @@
-"""--num-workers 2: Ray Train runs the same loop on two DDP workers (gloo on the CPU)."""
+"""--workers 2: Ray Train runs the same loop on two DDP workers (gloo on the CPU)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ pytest.importorskip("nsa.ray_session", reason="nsa.ray_session (nsa-gen, issue 8
 def test_two_ray_train_workers_train_one_model(tmp_path, make_store):
     store = make_store(tmp_path / "s.zarr", n=64, chunk_size=8)
     run = train(TrainConfig(shards=[str(store)], out=str(tmp_path / "run"), steps=4,
-                            batch_size=8, num_workers=2, loader_workers=0, progress=False,
+                            batch_size=8, workers=2, loader_workers=0, progress=False,
                             log_every=1))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     model, config = load_model(run)
-    assert config["config"]["num_workers"] == 2
+    assert config["config"]["workers"] == 2
     assert not model.training

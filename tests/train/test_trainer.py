@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from nsa.generate.shards import StoreError
 from nsa.train.checkpoint import load_model, load_state
 from nsa.train.data import open_training_stores, plan_epoch
 from nsa.train.model import NSAModel
-from nsa.train.trainer import TrainConfig, train
+from nsa.train.trainer import TrainConfig, resume_config, train
 
 from nsa.errors import UserError
 
@@ -141,10 +142,20 @@ def test_an_unwritable_out_is_refused_before_training(tiny_store, tmp_path):
 @pytest.mark.parametrize(("options", "message"), [
     ({"steps": 2, "epochs": 2}, "exactly one of --epochs or --steps"),
     ({}, "exactly one of --epochs or --steps"),
-    ({"steps": 2, "batch_size": 9, "num_workers": 2}, "divisible by --num-workers"),
+    ({"steps": 2, "batch_size": 9, "workers": 2}, "divisible by --workers"),
     ({"steps": 2, "batch_size": 4096}, "too few"),
 ])
 def test_bad_options_are_refused_naming_them(tiny_store, tmp_path, options, message):
     config = {**FAST, **options}
     with pytest.raises(UserError, match=message):
         train(TrainConfig(shards=[str(tiny_store)], out=str(tmp_path / "r"), **config))
+
+
+def test_a_run_recorded_with_num_workers_resumes_with_those_workers(finished_run, tmp_path):
+    run = tmp_path / "old-run"
+    shutil.copytree(finished_run, run)
+    record = json.loads((run / "config.json").read_text())
+    record["config"]["num_workers"] = record["config"].pop("workers") * 2  # the old name
+    (run / "config.json").write_text(json.dumps(record))
+    _, config = resume_config(TrainConfig(resume=str(run)), given=[])
+    assert config.workers == 2
