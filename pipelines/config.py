@@ -202,9 +202,7 @@ class PipelineConfig:
         assert n is not None, "load_config checks that every category has an n"
         if n != "paper":
             return n
-        from nsa.pipelines.stages import training_source  # stages imports this module
-
-        images = len(training_source(self, category).files)
+        images = len(self.source.training_source(category).files)
         return paper_budget(self.settings[category]["preset"], images)
 
 
