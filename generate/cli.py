@@ -41,7 +41,8 @@ Category = Annotated[str, typer.Option("--category", help="MVTec AD category, e.
 ListFile = Annotated[Path, typer.Option("--list", help="File naming one image per line.")]
 CellType = Annotated[str, typer.Option("--type", help="ELPV cell type: mono or poly.")]
 N = Annotated[int, typer.Option("--n", help="Number of examples to generate.")]
-Out = Annotated[Path, typer.Option("--out", help="Store to write (a .zarr directory).")]
+Out = Annotated[str, typer.Option(
+    "--out", help="Store to write: a .zarr folder, or s3://BUCKET/KEY.zarr.")]
 Preset = Annotated[str | None, typer.Option(
     "--preset", help="Synthesis preset (default: the source's own; required for folder).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed; same seed, same bytes.")]
@@ -85,7 +86,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
-def _generate(source: Source, n: int, out: Path, preset: str | None, seed: int,
+def _generate(source: Source, n: int, out: str, preset: str | None, seed: int,
               workers: int | None, address: str | None, resume: bool, overwrite: bool,
               size: int | None, chunk_size: int, settings: list[str] | None,
               quiet: bool) -> None:
@@ -192,7 +193,8 @@ def preview_elpv(cell_type: CellType, out: PreviewOut, n: PreviewN = 8,
 
 
 @app.command()
-def info(store: Annotated[Path, typer.Argument(help="Store to describe.")]) -> None:
+def info(store: Annotated[str, typer.Argument(
+        help="Store to describe (folder or s3:// URL).")]) -> None:
     """Print a store's summary: size, preset, seed, source, progress, label counts."""
     with cli_errors():
         opened = shards.open_store(store, allow_incomplete=True)
@@ -200,7 +202,7 @@ def info(store: Annotated[Path, typer.Argument(help="Store to describe.")]) -> N
 
 
 @app.command()
-def verify(store: Annotated[Path, typer.Argument(help="Store to check.")],
+def verify(store: Annotated[str, typer.Argument(help="Store to check (folder or s3:// URL).")],
            quiet: Quiet = False) -> None:
     """Re-check every chunk against its stored checksum; exit 1 naming bad chunks."""
     with cli_errors():

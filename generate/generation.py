@@ -23,7 +23,8 @@ Why it is built this way:
   written last, after every chunk is accounted for.
 
 The store path must be reachable under the same name from every Ray node (a shared file
-system when ``--address`` names a multi-machine cluster).
+system when ``--address`` names a multi-machine cluster), or be an ``s3://`` URL (see
+:mod:`nsa.locations`: every node then needs the S3 credentials in its environment).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from nsa.generate.sources import Source
 from nsa.generate.synthesis import SKIP_REASONS, Example, SourceSet, make_example, prepare_sources
 
 from nsa.errors import UserError, os_error
+from nsa.locations import Location, S3Location, parse_location
 from nsa.progress import progress_bar
 from nsa.ray_session import check_cluster, ray_session
 from nsa.versions import package_versions
@@ -69,7 +71,7 @@ def chunk_data(examples: list[Example]) -> shards.ChunkData:
     )
 
 
-def write_chunk(path: Path, sources: SourceSet, settings: dict[str, Any], seed: int,
+def write_chunk(path: Path | Location, sources: SourceSet, settings: dict[str, Any], seed: int,
                 index: int) -> int:
     """Make and write chunk ``index`` of the store at ``path``; return its size.
 
@@ -82,8 +84,8 @@ def write_chunk(path: Path, sources: SourceSet, settings: dict[str, Any], seed: 
     return span.stop - span.start
 
 
-def _write_chunk_task(path: Path, sources: SourceSet, settings: dict[str, Any], seed: int,
-                      index: int) -> int:
+def _write_chunk_task(path: Path | Location, sources: SourceSet, settings: dict[str, Any],
+                      seed: int, index: int) -> int:
     """One task per CPU, so no nested thread pools: OpenCV and Blosc get one thread each
     (Ray already sets OMP_NUM_THREADS=1 for a one-CPU task, which numpy's BLAS reads)."""
     import cv2
@@ -108,7 +110,7 @@ def _check_options(n: int, seed: int, workers: int | None, chunk_size: int, resu
         raise UserError("--resume and --overwrite exclude each other")
 
 
-def _is_store(path: Path) -> bool:
+def _is_store(path: Location) -> bool:
     try:
         shards.open_store(path, allow_incomplete=True)
     except shards.StoreDamaged:
@@ -118,8 +120,8 @@ def _is_store(path: Path) -> bool:
     return True
 
 
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if not out.exists():
+def _check_out(out: Location, resume: bool, overwrite: bool) -> None:
+    if not shards.store_exists(out):
         return
     if resume:
         try:
@@ -133,7 +135,8 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if not overwrite:
         raise UserError(f"{out} already exists; pass --resume to finish it or --overwrite "
                         "to replace it")
-    if not _is_store(out) and (not out.is_dir() or any(out.iterdir())):
+    if not _is_store(out) and (isinstance(out, S3Location) or not out.path.is_dir()
+                               or any(out.path.iterdir())):
         raise UserError(f"{out}: --overwrite replaces only NSA stores, and this is not one")
 
 
@@ -171,7 +174,7 @@ def source_settings(source: Source, preset: str | None = None,
 
 def generate_store(
     source: Source,
-    out: Path | str,
+    out: Path | str | Location,
     *,
     n: int,
     preset: str | None = None,
@@ -184,8 +187,9 @@ def generate_store(
     size: int | None = None,
     chunk_size: int = shards.DEFAULT_CHUNK_SIZE,
     progress: bool = True,
-) -> Path:
-    """Generate ``n`` examples from ``source`` into the store ``out``; return its path.
+) -> Path | str:
+    """Generate ``n`` examples from ``source`` into the store ``out`` (a folder or an
+    ``s3://`` URL); return its path (the URL for S3).
 
     ``preset`` defaults to the source's; ``overrides`` and ``size`` change settings.
     ``workers`` caps concurrent tasks (default: every CPU of the local machine or the
@@ -193,20 +197,23 @@ def generate_store(
     settings, seed, n and source images (and starts one when ``out`` does not exist);
     ``overwrite`` replaces an existing store. Holds :func:`~nsa.generate.shards.writer_lock`
     throughout, so a second writer of ``out`` fails at once with a :class:`UserError`.
+    An S3 store whose server, bucket or credentials are missing fails in seconds, before
+    anything is read or written.
     """
-    out = Path(out)
+    location = parse_location(out)
     _check_options(n, seed, workers, chunk_size, resume, overwrite)
+    location.check()
     check_cluster(address)  # fail in seconds, before reading any image
     settings = source_settings(source, preset, overrides, size)
-    with shards.writer_lock(out):  # one nsa-gen per store, for creation and --resume
-        _generate_locked(source, out, settings, n, seed, workers, address, resume, overwrite,
-                         chunk_size, progress)
-    return out
+    with shards.writer_lock(location) as lock:  # one nsa-gen per store, also --resume
+        _generate_locked(source, location, settings, n, seed, workers, address, resume,
+                         overwrite, chunk_size, progress, lock)
+    return location.shown
 
 
-def _generate_locked(source: Source, out: Path, settings: dict[str, Any], n: int, seed: int,
-                     workers: int | None, address: str | None, resume: bool,
-                     overwrite: bool, chunk_size: int, progress: bool) -> None:
+def _generate_locked(source: Source, out: Location, settings: dict[str, Any], n: int,
+                     seed: int, workers: int | None, address: str | None, resume: bool,
+                     overwrite: bool, chunk_size: int, progress: bool, lock: Any) -> None:
     preset = settings["preset"]
     _check_out(out, resume, overwrite)
 
@@ -225,18 +232,22 @@ def _generate_locked(source: Source, out: Path, settings: dict[str, Any], n: int
         with ray_session(address, workers if address is None else None):
             run_chunks(store, sources, settings, seed, workers, progress)
         check_anomaly_rate(store)
+        if lock is not None:
+            lock.check()  # an S3 lock taken over while we ran: leave finishing to its taker
         _finish(store)
 
 
-def _open_or_create(out: Path, wanted: dict[str, Any], resume: bool) -> shards.Store:
-    if resume and out.exists():
+def _open_or_create(out: Location, wanted: dict[str, Any], resume: bool) -> shards.Store:
+    if resume and shards.store_exists(out):
         store = shards.open_store(out, allow_incomplete=True, mode="r+")
         mismatch = _resume_mismatch(store.attrs, wanted)
         if mismatch:
             raise UserError(f"{out}: cannot resume, the store was made with another {mismatch}")
         return store
-    if out.is_dir():  # --overwrite, checked to be a store or empty by _check_out
-        shutil.rmtree(out)
+    if isinstance(out, S3Location):  # --overwrite (checked by _check_out), or leftovers
+        out.remove()
+    elif out.path.is_dir():  # --overwrite, checked to be a store or empty by _check_out
+        shutil.rmtree(out.path)
     attrs = {
         **{k: wanted[k] for k in ("preset", "settings", "seed", "source")},
         "reasons": list(SKIP_REASONS),
@@ -263,7 +274,7 @@ def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
     in_flight_cap = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     task = ray.remote(num_cpus=1, max_retries=0)(_write_chunk_task)
     sources_ref = ray.put(sources)
-    path = store.path.absolute()  # workers need not share the driver's working directory
+    path = store.location.absolute()  # workers need not share the driver's working folder
     done = store.n - sum(store.chunk_slice(i).stop - store.chunk_slice(i).start
                          for i in pending)
     bar = progress_bar("examples")
@@ -286,7 +297,7 @@ def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
         bar.stop()
 
 
-def _result(ref: Any, path: Path, index: int) -> int:
+def _result(ref: Any, path: Path | str, index: int) -> int:
     """The task's result. A UserError raised in a task comes out as itself, an OSError as
     the one-line error of :func:`~nsa.errors.os_error` naming the store; a lost
     worker or node becomes a one-line UserError (a bug in the task keeps its traceback)."""

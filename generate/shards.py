@@ -33,6 +33,9 @@ attributes (:func:`check_structure`) and names the first contradiction in one li
 hand-edited or truncated store fails there rather than as a KeyError later. One process
 writes a store at a time: the writer holds :func:`writer_lock` (``.<name>.lock`` beside
 the store) from before creation to the end.
+
+A store is a local folder or an ``s3://bucket/key`` prefix (:mod:`nsa.locations`); every
+function here takes either, as a path, a URL string or a location.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from nsa.generate.presets import SettingsError, check_recorded_settings
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from nsa.errors import CheckFailed, UserError, writing
+from nsa.locations import LocalLocation, Location, S3Location, parse_location, s3_writer_lock
 from nsa.progress import progress_bar
 
 FORMAT = "nsa-shards"
@@ -133,7 +137,7 @@ def array_specs(n: int, height: int, width: int, channels: int,
 
 
 def create_store(
-    path: Path,
+    path: str | Path | Location,
     *,
     n: int,
     height: int,
@@ -149,10 +153,17 @@ def create_store(
     store that ``--resume`` can finish. ``path`` must not exist; the caller holds
     :func:`writer_lock`, so the hidden folders of other pids are leftovers of killed runs.
     An OSError (no space left) becomes an :class:`~nsa.errors.OutputError` naming ``path``.
+    On S3, where nothing can be renamed, the arrays' metadata is written first and the
+    group's (which makes it a store) last; :func:`store_exists` counts arrays' metadata
+    alone as nothing, and this function clears it.
     """
-    path = Path(path)
+    location = parse_location(path)
     if channels not in (1, 3):
-        raise StoreError(f"{path}: channels must be 1 or 3, not {channels}")
+        raise StoreError(f"{location}: channels must be 1 or 3, not {channels}")
+    if isinstance(location, S3Location):
+        return _create_s3(location, n=n, height=height, width=width, channels=channels,
+                          chunk_size=chunk_size, attrs=attrs)
+    path = location.path
     if path.exists():
         raise StoreError(f"{path} already exists")
     building = path.with_name(f".{path.name}.creating-{os.getpid()}")
@@ -160,25 +171,58 @@ def create_store(
         for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
         group = zarr.open_group(str(building), mode="w", zarr_format=3)
-        for name, (shape, dtype, chunks, fill) in array_specs(
-                n, height, width, channels, chunk_size).items():
-            group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
-                               compressors=COMPRESSOR, fill_value=fill)
-        group.attrs.update(
-            {
-                **attrs,
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "n": n,
-                "height": height,
-                "width": width,
-                "channels": channels,
-                "chunk_size": chunk_size,
-                "complete": False,
-            }
-        )
+        _fill_new_group(group, n=n, height=height, width=width, channels=channels,
+                        chunk_size=chunk_size, attrs=attrs)
         os.rename(building, path)
         return zarr.open_group(str(path), mode="r+", zarr_format=3)
+
+
+def _fill_new_group(group: zarr.Group, *, n: int, height: int, width: int, channels: int,
+                    chunk_size: int, attrs: dict[str, Any]) -> None:
+    for name, (shape, dtype, chunks, fill) in array_specs(
+            n, height, width, channels, chunk_size).items():
+        group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
+                           compressors=COMPRESSOR, fill_value=fill)
+    group.attrs.update(
+        {
+            **attrs,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "n": n,
+            "height": height,
+            "width": width,
+            "channels": channels,
+            "chunk_size": chunk_size,
+            "complete": False,
+        }
+    )
+
+
+#: What a creation on S3 killed before its last write leaves: array metadata only.
+_CREATION_KEYS = frozenset(f"{name}/zarr.json" for name in array_specs(1, 1, 1, 1, 1))
+
+
+def store_exists(path: str | Path | Location) -> bool:
+    """Whether anything is at ``path``, not counting what an interrupted creation on S3
+    left (see :func:`create_store`)."""
+    location = parse_location(path)
+    if isinstance(location, LocalLocation):
+        return location.exists()
+    keys = location.keys()
+    return bool(keys) and not set(keys) <= _CREATION_KEYS
+
+
+def _create_s3(location: S3Location, **layout: Any) -> zarr.Group:
+    if store_exists(location):
+        raise StoreError(f"{location} already exists")
+    location.remove()  # what a killed creation left: array metadata, no group
+    built: dict[str, Any] = {}
+    _fill_new_group(zarr.open_group(zarr.storage.MemoryStore(built), mode="w",
+                                    zarr_format=3), **layout)
+    keys = sorted(built, key=lambda key: key == "zarr.json")  # the group's metadata last
+    with writing(location):
+        location.put((key, built[key].to_bytes()) for key in keys)
+        return zarr.open_group(location.zarr_store(), mode="r+", zarr_format=3)
 
 
 @contextmanager
@@ -191,15 +235,22 @@ def _removed_on_error(folder: Path) -> Iterator[None]:
 
 
 @contextmanager
-def writer_lock(path: str | Path) -> Iterator[None]:
+def writer_lock(path: str | Path | Location) -> Iterator[Any]:
     """Hold the one-writer lock of the store at ``path`` (which need not exist yet).
 
     An advisory ``flock`` on ``.<name>.lock`` beside the store, holding the holder's pid;
     the kernel drops it when the holder dies, even by ``kill -9``. The file is removed on
     leaving. Raises :class:`StoreError` naming the other writer's pid when it is held, or
     a one-line error from :func:`~nsa.errors.writing` when the folder is unusable.
+    On S3, the lock object of :func:`nsa.locations.s3_writer_lock`, yielded so that the
+    writer can :meth:`~nsa.locations.S3Lock.check` it before finishing (None locally).
     """
-    path = Path(path)
+    location = parse_location(path)
+    if isinstance(location, S3Location):
+        with s3_writer_lock(location) as lock:
+            yield lock
+        return
+    path = location.path
     lock_path = path.with_name(f".{path.name}.lock")
     existing = next(parent for parent in path.absolute().parents if parent.exists())
     if not existing.is_dir():
@@ -226,7 +277,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield None
     finally:
         with writing(path):
             os.unlink(lock_path)  # while still locked: nobody can take a file about to go
@@ -236,8 +287,10 @@ def writer_lock(path: str | Path) -> Iterator[None]:
 class Store:
     """Read access to a store; also used by the writer to fill and finish it."""
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Location, group: zarr.Group) -> None:
+        self.location = parse_location(path)
+        #: The folder (a Path) or the URL (a str), as messages name the store.
+        self.path: Path | str = self.location.shown
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.n: int = self.attrs["n"]
@@ -313,7 +366,10 @@ class Store:
         counts = np.bincount(self.group["reason"][:][done], minlength=len(reasons))
         labels = self.group["labels"][:][done]
         source = self.attrs.get("source", {})
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        if isinstance(self.location, S3Location):
+            size = self.location.size_bytes()
+        else:
+            size = sum(f.stat().st_size for f in self.location.path.rglob("*") if f.is_file())
         return {
             "path": str(self.path),
             "complete": self.complete,
@@ -343,19 +399,24 @@ class Store:
         self.attrs["complete"] = True
 
 
-def open_store(path: str | Path, *, allow_incomplete: bool = False, mode: str = "r") -> Store:
+def open_store(path: str | Path | Location, *, allow_incomplete: bool = False,
+               mode: str = "r") -> Store:
     """Open a store for reading (or ``mode="r+"`` for the writer).
 
     Raises :class:`StoreError` with a one-line reason when ``path`` is missing, is not an
     NSA store, has another format version, or is incomplete and ``allow_incomplete`` is
     False; :class:`StoreDamaged` when its arrays or attributes contradict each other
-    (see :func:`check_structure`).
+    (see :func:`check_structure`); :class:`~nsa.locations.LocationError` when an S3
+    store's server, bucket or credentials are not there.
     """
-    path = Path(path)
-    if not path.exists():
+    location = parse_location(path)
+    path = location.shown
+    location.check()
+    if not location.exists():
         raise StoreError(f"{path}: no such store")
     try:
-        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode,
+                                zarr_format=3)
     except Exception as exc:  # zarr raises many types for what is not a v3 group
         raise StoreError(f"{path}: not a Zarr v3 group ({exc.__class__.__name__})") from exc
     attrs = dict(group.attrs)
@@ -372,13 +433,13 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False, mode: str = 
             f"{path}: store is incomplete (generation was interrupted); "
             "finish it with `nsa-gen ... --resume`"
         )
-    return Store(path, group)
+    return Store(location, group)
 
 
 _DIMENSIONS = ("n", "chunk_size", "height", "width", "channels")
 
 
-def check_structure(path: Path, group: zarr.Group) -> None:
+def check_structure(path: Path | str, group: zarr.Group) -> None:
     """Check that the store's arrays are what its attributes say; raise :class:`StoreDamaged`
     with one line naming the first contradiction.
 
@@ -430,7 +491,7 @@ def check_structure(path: Path, group: zarr.Group) -> None:
                           f"have no checksum (first: chunk {missing[0]})")
 
 
-def _written_chunks(path: Path, group: zarr.Group) -> np.ndarray:
+def _written_chunks(path: Path | str, group: zarr.Group) -> np.ndarray:
     try:
         return group["checksums"][:].any(axis=1)
     except Exception as exc:  # zarr/numcodecs raise many types for damaged chunks
@@ -466,7 +527,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(f"{key + ':':<{width + 1}} {value}" for key, value in lines.items())
 
 
-def verify_store(path: str | Path, *, progress: bool = False) -> int:
+def verify_store(path: str | Path | Location, *, progress: bool = False) -> int:
     """Re-check every chunk of the store at ``path``; return how many were checked.
 
     Raises :class:`~nsa.errors.CheckFailed` (exit 1) naming every missing, unreadable or

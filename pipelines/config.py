@@ -12,6 +12,7 @@ A config reads top to bottom like the job it describes::
     [generate]                      # nsa-gen options, same names as the CLI
     n = 8000                        # or n_by_category = { zipper = 76800, ... }
     size = 128
+    stores = "s3://bucket/nsa"      # optional: stores go to STORES/<category>/seed<k>.zarr
 
     [train]                         # nsa-train options
     epochs = 1
@@ -51,6 +52,7 @@ from nsa.train.trainer import TrainConfig, check_config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nsa.errors import UserError, os_error
+from nsa.locations import parse_location
 
 SOURCE_KINDS = ("mvtec", "chestxray", "folder", "elpv")
 #: The MVTec AD categories: the presets of kind object or texture.
@@ -121,6 +123,9 @@ class GenerateOptions(_Table):
     workers: PositiveInt | None = None
     chunk_size: PositiveInt = DEFAULT_CHUNK_SIZE
     overrides: dict[str, Any] = Field(default_factory=dict)
+    #: Where the stores go, a folder or an s3:// URL: STORES/<category>/seed<k>.zarr
+    #: (default: shards.zarr in each job's folder).
+    stores: str | None = None
 
 
 class TrainOptions(_Table):
@@ -181,6 +186,8 @@ class Job:
     category: str
     seed: int
     directory: Path
+    #: The job's store: a path, or an s3:// URL.
+    store: Path | str
 
     @property
     def name(self) -> str:
@@ -211,10 +218,19 @@ class PipelineConfig:
     def jobs(self) -> list[Job]:
         """Every (category, seed) job, category-major so a category finishes early."""
         return [
-            Job(category, seed, self.out / category / f"seed{seed}")
+            Job(category, seed, self.out / category / f"seed{seed}",
+                self._store(category, seed))
             for category in self.categories
             for seed in self.seeds
         ]
+
+    def _store(self, category: str, seed: int) -> Path | str:
+        stores = self.generate.stores
+        if stores is None:
+            return self.out / category / f"seed{seed}" / "shards.zarr"
+        if stores.startswith("s3://"):
+            return f"{stores.rstrip('/')}/{category}/seed{seed}.zarr"
+        return Path(stores) / category / f"seed{seed}.zarr"
 
     def n_for(self, category: str) -> int:
         """The number of examples to generate for ``category`` (checked at load)."""
@@ -435,6 +451,11 @@ def check_inputs(config: PipelineConfig) -> None:
     content is unusable is found when its job starts, and fails that job only.
     """
     source, path = config.source, config.path
+    if config.generate.stores is not None:  # an object store: credentials, bucket, server
+        try:
+            parse_location(config.jobs()[0].store).check()
+        except UserError as exc:
+            raise ConfigError(f"{path}: [generate] stores: {exc}") from None
     if isinstance(source, ElpvSource):
         try:
             elpv_data_dir()
