@@ -30,6 +30,7 @@ system when ``--address`` names a multi-machine cluster), or be an ``s3://`` URL
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,13 +72,24 @@ def chunk_data(examples: list[Example]) -> shards.ChunkData:
     )
 
 
+#: The store a Ray worker process last opened for writing, by (location, run token):
+#: opening one on S3 costs a dozen requests, as many as writing a chunk.
+_OPENED: dict[tuple[Path | Location, str], shards.Store] = {}
+
+
 def write_chunk(path: Path | Location, sources: SourceSet, settings: dict[str, Any], seed: int,
-                index: int) -> int:
+                index: int, run: str | None = None) -> int:
     """Make and write chunk ``index`` of the store at ``path``; return its size.
 
-    The body of one Ray task; also callable in-process.
+    The body of one Ray task; also callable in-process. Tasks of one run (the same
+    ``run`` token) reuse the store their process opened.
     """
-    store = shards.open_store(path, allow_incomplete=True, mode="r+")
+    store = _OPENED.get((path, run)) if run else None
+    if store is None:
+        store = shards.open_store(path, allow_incomplete=True, mode="r+")
+        if run:
+            _OPENED.clear()
+            _OPENED[(path, run)] = store
     span = store.chunk_slice(index)
     examples = [make_example(sources, settings, seed, i) for i in range(span.start, span.stop)]
     store.write_chunk(index, chunk_data(examples))
@@ -85,7 +97,7 @@ def write_chunk(path: Path | Location, sources: SourceSet, settings: dict[str, A
 
 
 def _write_chunk_task(path: Path | Location, sources: SourceSet, settings: dict[str, Any],
-                      seed: int, index: int) -> int:
+                      seed: int, index: int, run: str) -> int:
     """One task per CPU, so no nested thread pools: OpenCV and Blosc get one thread each
     (Ray already sets OMP_NUM_THREADS=1 for a one-CPU task, which numpy's BLAS reads)."""
     import cv2
@@ -93,7 +105,7 @@ def _write_chunk_task(path: Path | Location, sources: SourceSet, settings: dict[
 
     cv2.setNumThreads(1)
     blosc.set_nthreads(1)
-    return write_chunk(path, sources, settings, seed, index)
+    return write_chunk(path, sources, settings, seed, index, run)
 
 
 def _check_options(n: int, seed: int, workers: int | None, chunk_size: int, resume: bool,
@@ -275,6 +287,7 @@ def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
     task = ray.remote(num_cpus=1, max_retries=0)(_write_chunk_task)
     sources_ref = ray.put(sources)
     path = store.location.absolute()  # workers need not share the driver's working folder
+    run = uuid.uuid4().hex
     done = store.n - sum(store.chunk_slice(i).stop - store.chunk_slice(i).start
                          for i in pending)
     bar = progress_bar("examples")
@@ -286,7 +299,7 @@ def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
         while pending or in_flight:
             while pending and len(in_flight) < in_flight_cap:
                 index = pending.popleft()
-                ref = task.remote(path, sources_ref, settings, seed, index)
+                ref = task.remote(path, sources_ref, settings, seed, index, run)
                 in_flight[ref] = index
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             index = in_flight.pop(ready[0])

@@ -208,7 +208,7 @@ def store_exists(path: str | Path | Location) -> bool:
     location = parse_location(path)
     if isinstance(location, LocalLocation):
         return location.exists()
-    keys = location.keys()
+    keys = location.list_keys()
     return bool(keys) and not set(keys) <= _CREATION_KEYS
 
 
@@ -292,6 +292,8 @@ class Store:
         #: The folder (a Path) or the URL (a str), as messages name the store.
         self.path: Path | str = self.location.shown
         self.group = group
+        #: Arrays by name, opened once (each opening reads its metadata: a GET on S3).
+        self._arrays: dict[str, zarr.Array] = {}
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.n: int = self.attrs["n"]
         self.chunk_size: int = self.attrs["chunk_size"]
@@ -299,6 +301,12 @@ class Store:
         self.width: int = self.attrs["width"]
         self.channels: int = self.attrs["channels"]
         self.n_chunks = n_chunks(self.n, self.chunk_size)
+
+    def array(self, name: str) -> zarr.Array:
+        """The array ``name`` of the store (opened on first use)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     @property
     def complete(self) -> bool:
@@ -318,8 +326,8 @@ class Store:
         """
         sl = self.chunk_slice(index)
         try:
-            data = ChunkData(**{name: self.group[name][sl] for name in EXAMPLE_ARRAYS})
-            stored = self.group["checksums"][index]
+            data = ChunkData(**{name: self.array(name)[sl] for name in EXAMPLE_ARRAYS})
+            stored = self.array("checksums")[index]
         except Exception as exc:  # zarr/numcodecs raise many types for damaged chunks
             raise StoreError(f"{self.path}: chunk {index} is unreadable ({exc})") from exc
         if verify and not np.array_equal(data.checksum(), stored):
@@ -355,8 +363,8 @@ class Store:
         sl = self.chunk_slice(index)
         with writing(self.path), zarr.config.set({"array.write_empty_chunks": True}):
             for name in EXAMPLE_ARRAYS:
-                self.group[name][sl] = getattr(data, name)
-            self.group["checksums"][index] = data.checksum()
+                self.array(name)[sl] = getattr(data, name)
+            self.array("checksums")[index] = data.checksum()
 
     def summary(self) -> dict[str, Any]:
         """What ``nsa-gen info`` prints: shape, provenance, progress and label counts."""
