@@ -147,7 +147,7 @@ class S3Location:
         return FsspecStore.from_url(str(self), storage_options=self.storage_options(),
                                     read_only=read_only)
 
-    def keys(self) -> list[str]:
+    def list_keys(self) -> list[str]:
         """Every object under the prefix, relative to it (``zarr.json``, ``images/c/0/0/0``)."""
         fs = self.filesystem()
         try:
@@ -178,7 +178,7 @@ class S3Location:
         """Delete every object under the prefix, ``last`` after all the others (so an
         interrupted removal never leaves a group that opens without its arrays)."""
         fs = self.filesystem()
-        keys = [f"{self.fs_path}/{k}" for k in self.keys() if k != last]
+        keys = [f"{self.fs_path}/{k}" for k in self.list_keys() if k != last]
         if keys:
             fs.rm(keys)
         with suppress(FileNotFoundError):
