@@ -4,7 +4,7 @@ Measured in one run, so the ratios compare like with like on the same (possibly 
 machine; every rate is the best of 3 runs:
 
 1. the engine alone: ``make_example`` in a loop in this process (examples/s);
-2. the generation phase of ``nsa-gen`` (``run_chunks``: Ray tasks making, compressing and
+2. the generation phase of ``nsa-gen`` (``run_shards``: Ray tasks making, compressing and
    writing whole chunks) with 1 and with 2 workers, in a warm Ray session, so Ray's
    start, worker start-up and image loading are not counted;
 3. bytes per example on disk with the store's compressor;
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import cv2
 from nsa.generate import shards
-from nsa.generate.generation import run_chunks
+from nsa.generate.generation import run_shards
 from nsa.generate.images import load_images
 from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import elpv_source
@@ -60,7 +60,7 @@ def engine_rate(cell_type: str, size: int, n: int) -> float:
 
 
 def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path) -> float:
-    """Examples/s of the generation phase (``run_chunks``) with ``workers`` tasks at once.
+    """Examples/s of the generation phase (``run_shards``) with ``workers`` tasks at once.
 
     Ray is started, the workers warmed up (first tasks import the engine) and the images
     loaded before the clock starts: this is the rate a long run settles at.
@@ -77,12 +77,12 @@ def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path)
 
     with ray_session(None, workers):
         warm = store(f"warm{workers}.zarr", 2 * workers * shards.DEFAULT_CHUNK_SIZE)
-        run_chunks(warm, sources, settings, 0, workers, progress=False)
+        run_shards(warm, sources, settings, 0, workers, progress=False)
         rates = []
         for repeat in range(REPEATS):
             timed = store(f"w{workers}-{repeat}.zarr", n)
             start = time.perf_counter()
-            run_chunks(timed, sources, settings, 0, workers, progress=False)
+            run_shards(timed, sources, settings, 0, workers, progress=False)
             rates.append(n / (time.perf_counter() - start))
     return max(rates)
 
