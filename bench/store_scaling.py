@@ -192,13 +192,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="nsa-gen --workers")
     parser.add_argument("--loader", action="store_true", help="add one loader epoch")
     parser.add_argument("--repeats", type=int, default=REPEATS)
-    parser.add_argument("--work", type=Path, help="folder for the stores (default: a "
-                        "temporary one, removed at the end)")
+    parser.add_argument("--work", type=Path, help="folder for the stores' temporary folder "
+                        "(default: the system's)")
+    parser.add_argument("--keep", action="store_true", help="keep the largest store (its "
+                        "path is printed) for more measurements; remove it yourself")
     args = parser.parse_args(argv)
     sizes = args.sizes or [args.base * f for f in args.factors]
 
     work = Path(tempfile.mkdtemp(prefix="nsa-bench-scaling-", dir=args.work))
     rows = []
+    kept = None
     try:
         for n in sizes:
             path = work / f"s{n}.zarr"
@@ -209,7 +212,11 @@ def main(argv: list[str] | None = None) -> None:
             times = tool_times(path, args.repeats)
             rate = loader_rate(path) if args.loader else None
             rows.append((n, store.n_chunks, store.n_shards, files, size, times, made, rate))
-            shutil.rmtree(path)
+            if args.keep and n == max(sizes):
+                kept = work.with_name(f"{work.name}-{path.name}")
+                path.rename(kept)
+            else:
+                shutil.rmtree(path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -236,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         if rate is not None:
             line += f" {rate:>11.0f}"
         print(line)
+    if kept:
+        print(f"kept: {kept}")
 
 
 if __name__ == "__main__":
