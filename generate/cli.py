@@ -54,7 +54,9 @@ Resume = Annotated[bool, typer.Option("--resume", help="Finish an interrupted st
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
 Size = Annotated[int | None, typer.Option(
     "--size", help="Image side in pixels (default: the preset's).")]
-ChunkSize = Annotated[int, typer.Option("--chunk-size", help="Examples per chunk (per task).")]
+ChunkSize = Annotated[int, typer.Option(
+    "--chunk-size", help="Examples per chunk (the unit of a checksum and a read; a task "
+    "writes a shard of up to 16 chunks).")]
 Set = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a setting, KEY=VALUE with VALUE in JSON (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
