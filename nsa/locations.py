@@ -28,6 +28,7 @@ One writer per store:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -48,6 +49,26 @@ LEASE_S = 60.0
 PROBE_TIMEOUT_S = 5
 #: (endpoint, bucket) pairs this process has reached (probed once per process).
 _REACHED: set[tuple[str | None, str]] = set()
+
+
+class _InheritedSessions(logging.Filter):
+    """Drops asyncio's "Unclosed client session/connector" reports in a forked child.
+
+    A child (a DataLoader process) inherits the parent's S3 sessions, bound to an event
+    loop that does not run in the child: they cannot be closed there, and aiohttp reports
+    each one as unclosed when it is collected. Every other asyncio message passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Unclosed client session",
+                                                    "Unclosed connector"))
+
+
+def _after_fork_in_child() -> None:
+    logging.getLogger("asyncio").addFilter(_InheritedSessions())
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LocationError(UserError):
