@@ -141,8 +141,10 @@ class S3Location:
 
     def storage_options(self, probe: bool = False) -> dict[str, Any]:
         """s3fs options: the endpoint, no listing cache (another writer may change the
-        store), and with ``probe`` short timeouts and no retries."""
-        options: dict[str, Any] = {"use_listings_cache": False}
+        store), one GET per object read (s3fs otherwise asks for its size first, to split
+        large reads: two requests where one does), and with ``probe`` short timeouts and
+        no retries."""
+        options: dict[str, Any] = {"use_listings_cache": False, "max_concurrency": 1}
         if self.endpoint:
             options["endpoint_url"] = self.endpoint
         if probe:
@@ -221,9 +223,14 @@ class S3Location:
                 f"{self}: no S3 credentials (set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
         server = self.endpoint or "AWS S3"
-        try:
-            self.filesystem(probe=True).call_s3("head_bucket", Bucket=self.bucket)
-        except FileNotFoundError:
+        try:  # a listing, not HEAD: its error names the cause (HEAD's has no body)
+            self.filesystem(probe=True).call_s3("list_objects_v2", Bucket=self.bucket,
+                                                MaxKeys=1)
+        except FileNotFoundError as exc:
+            if _error_code(exc) != "NoSuchBucket":  # e.g. a web server that is no S3
+                raise LocationError(f"{self}: {server} does not answer as an S3 server "
+                                    f"(HTTP {_error_code(exc)} for the bucket "
+                                    f"{self.bucket!r})") from None
             raise LocationError(f"{self}: bucket {self.bucket!r} does not exist on "
                                 f"{server}") from None
         except PermissionError:
@@ -241,6 +248,12 @@ class S3Location:
 
 
 Location = LocalLocation | S3Location
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code (``NoSuchBucket``, ``404``) of the botocore error behind ``exc``."""
+    response = getattr(exc.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code")
 
 
 def is_url(where: str | Path) -> bool:

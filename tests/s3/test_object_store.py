@@ -137,3 +137,30 @@ max_pictures = 1
     parse_location(url).remove()  # gone from the object store: made again, and what follows
     (third,) = run_pipeline(load_config(config), progress=False)
     assert third.ran == ["generate", "train", "evaluate"] and shards.open_store(url).complete
+
+
+def test_a_pipeline_whose_stores_bucket_is_missing_stops_before_any_job(mvtec_root, s3_server,
+                                                                        tmp_path, monkeypatch):
+    import pytest
+    from nsa.pipelines.config import ConfigError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    config = tmp_path / "c.toml"
+    config.write_text(f"""
+out = "{tmp_path / 'out'}"
+[source]
+kind = "mvtec"
+root = "{mvtec_root}"
+categories = ["{CATEGORY}"]
+[generate]
+n = 8
+stores = "s3://no-such-bucket-nsa/nsa"
+[train]
+steps = 1
+""")
+    with pytest.raises(ConfigError) as error:
+        run_pipeline(load_config(config), progress=False)
+    assert str(error.value) == (
+        f"{config}: [generate] stores: s3://no-such-bucket-nsa/nsa/{CATEGORY}/seed0.zarr: "
+        f"bucket 'no-such-bucket-nsa' does not exist on {s3_server}")
+    assert not (tmp_path / "out").exists()
