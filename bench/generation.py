@@ -4,9 +4,12 @@ Measured in one run, so the ratios compare like with like on the same (possibly 
 machine; every rate is the best of 3 runs:
 
 1. the engine alone: ``make_example`` in a loop in this process (examples/s);
-2. the generation phase of ``nsa-gen`` (``run_chunks``: Ray tasks making, compressing and
-   writing whole chunks) with 1 and with 2 workers, in a warm Ray session, so Ray's
-   start, worker start-up and image loading are not counted;
+2. the generation phase of ``nsa-gen`` (``run_shards``: Ray tasks making, compressing and
+   writing whole shards) with 1 and with 2 workers, in a warm Ray session, so Ray's
+   start, worker start-up and image loading are not counted; the timed stores have the
+   shard layout of a large store (``--shard-chunks``, default: that of 200,000 examples)
+   and ``--n`` should be a multiple of twice the shard size, so both workers get equal
+   work;
 3. bytes per example on disk with the store's compressor;
 4. peak memory of the real command ``nsa-gen elpv --type mono --n N`` (driver plus every
    process it starts, i.e. its session: Ray's services and workers), at two values of N,
@@ -15,7 +18,7 @@ machine; every rate is the best of 3 runs:
    until it has touched every source image in the object store (zero-copy reads), then
    stays flat: the first value of N should be large enough for that (1000 is, for ELPV).
 
-Run: ``.venv/bin/python bench/generation.py`` (about 90 s on 2 idle cores).
+Run: ``.venv/bin/python bench/generation.py`` (about 2 minutes on 2 idle cores).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import cv2
 from nsa.generate import shards
-from nsa.generate.generation import run_chunks
+from nsa.generate.generation import run_shards
 from nsa.generate.images import load_images
 from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import elpv_source
@@ -59,8 +62,9 @@ def engine_rate(cell_type: str, size: int, n: int) -> float:
     return max(rates)
 
 
-def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path) -> float:
-    """Examples/s of the generation phase (``run_chunks``) with ``workers`` tasks at once.
+def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path,
+                    shard_chunks: int) -> float:
+    """Examples/s of the generation phase (``run_shards``) with ``workers`` tasks at once.
 
     Ray is started, the workers warmed up (first tasks import the engine) and the images
     loaded before the clock starts: this is the rate a long run settles at.
@@ -71,18 +75,20 @@ def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path)
     height, width, channels = sources.shape
 
     def store(name: str, count: int) -> shards.Store:
+        chunks = shards.n_chunks(count, shards.DEFAULT_CHUNK_SIZE)
         shards.create_store(work / name, n=count, height=height, width=width,
-                            channels=channels, chunk_size=shards.DEFAULT_CHUNK_SIZE, attrs={})
+                            channels=channels, chunk_size=shards.DEFAULT_CHUNK_SIZE,
+                            attrs={}, shard_chunks=min(shard_chunks, chunks))
         return shards.open_store(work / name, allow_incomplete=True, mode="r+")
 
     with ray_session(None, workers):
         warm = store(f"warm{workers}.zarr", 2 * workers * shards.DEFAULT_CHUNK_SIZE)
-        run_chunks(warm, sources, settings, 0, workers, progress=False)
+        run_shards(warm, sources, settings, 0, workers, progress=False)
         rates = []
         for repeat in range(REPEATS):
             timed = store(f"w{workers}-{repeat}.zarr", n)
             start = time.perf_counter()
-            run_chunks(timed, sources, settings, 0, workers, progress=False)
+            run_shards(timed, sources, settings, 0, workers, progress=False)
             rates.append(n / (time.perf_counter() - start))
     return max(rates)
 
@@ -138,24 +144,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--type", default="mono", dest="cell_type")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--n", type=int, default=1024, help="examples per timed run")
+    parser.add_argument("--n", type=int, default=4096, help="examples per timed run")
+    parser.add_argument("--shard-chunks", type=int, help="chunks per shard of the timed "
+                        "stores (default: the layout of a 200,000-example store)")
     parser.add_argument("--engine-n", type=int, default=256)
     parser.add_argument("--memory-n", type=int, nargs=2, default=(1000, 8000))
     args = parser.parse_args()
 
+    shard_chunks = args.shard_chunks or shards.default_shard_chunks(
+        200_000, shards.DEFAULT_CHUNK_SIZE, args.size, args.size, 1)
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="nsa-bench-gen-"))
     try:
         engine = engine_rate(args.cell_type, args.size, args.engine_n)
-        one = generation_rate(args.cell_type, args.size, args.n, 1, work)
-        two = generation_rate(args.cell_type, args.size, args.n, 2, work)
+        one = generation_rate(args.cell_type, args.size, args.n, 1, work, shard_chunks)
+        two = generation_rate(args.cell_type, args.size, args.n, 2, work, shard_chunks)
         store = work / "w2-0.zarr"
         on_disk = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         memory = [peak_memory(args.cell_type, n, work) for n in args.memory_n]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"ELPV {args.cell_type} at {args.size} px, n={args.n}, CPUs: {os.cpu_count()}, "
+    print(f"ELPV {args.cell_type} at {args.size} px, n={args.n} in shards of {shard_chunks} "
+          f"chunks of {shards.DEFAULT_CHUNK_SIZE}, CPUs: {os.cpu_count()}, "
           f"load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} "
           "(other processes' load distorts the 2-worker figures)")
     print(f"engine, 1 process, make_example loop: {engine:8.1f} examples/s")

@@ -37,10 +37,10 @@ preview_app = typer.Typer(
 app.add_typer(preview_app, name="preview")
 
 N = Annotated[int, typer.Option("--n", help="Number of examples to generate.")]
-Out = Annotated[Path | None, typer.Option(
-    "--out", help="Store to write (a .zarr directory). Default: shards/NAME-nN-sSEED.zarr "
-    "in the working directory (NAME: the category, cell type or folder), printed at "
-    "the start.")]
+Out = Annotated[str | None, typer.Option(
+    "--out", help="Store to write: a .zarr folder, or s3://BUCKET/KEY.zarr. Default: "
+    "shards/NAME-nN-sSEED.zarr in the working directory (NAME: the category, cell type or "
+    "folder), printed at the start.")]
 Preset = Annotated[str | None, typer.Option(
     "--preset", help="Synthesis preset (default: the source's own; required for folder).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed; same seed, same bytes.")]
@@ -52,7 +52,9 @@ Resume = Annotated[bool, typer.Option("--resume", help="Finish an interrupted st
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
 Size = Annotated[int | None, typer.Option(
     "--size", help="Image side in pixels (default: the preset's).")]
-ChunkSize = Annotated[int, typer.Option("--chunk-size", help="Examples per chunk (per task).")]
+ChunkSize = Annotated[int, typer.Option(
+    "--chunk-size", help="Examples per chunk (the unit of a checksum and a read; a task "
+    "writes a shard of up to 16 chunks).")]
 Set = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a setting, KEY=VALUE with VALUE in JSON (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
@@ -83,7 +85,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
-def _generate(source: Source, n: int, out: Path, *, preset: str | None, seed: int,
+def _generate(source: Source, n: int, out: Path | str, *, preset: str | None, seed: int,
               workers: int | None, address: str | None, resume: bool, overwrite: bool,
               size: int | None, chunk_size: int, settings: list[str] | None,
               quiet: bool) -> None:
@@ -101,13 +103,15 @@ def default_out(dataset: Dataset, own: dict[str, Any], n: int, seed: int) -> Pat
     return Path("shards") / f"{dataset.out_name(**own)}-n{n}-s{seed}.zarr"
 
 
-def _generate_dataset(dataset: Dataset, own: dict[str, Any], n: int, out: Path | None,
+def _generate_dataset(dataset: Dataset, own: dict[str, Any], n: int, out: str | None,
                       **options: Any) -> None:
     source = dataset.source(**own)
     if out is None:
-        out = default_out(dataset, own, n, options["seed"])
-        print(f"writing {out} (--out not given)", flush=True)
-    _generate(source, n, out, **options)
+        path = default_out(dataset, own, n, options["seed"])
+        print(f"writing {path} (--out not given)", flush=True)
+        _generate(source, n, path, **options)
+    else:
+        _generate(source, n, out, **options)
 
 
 def _preview(source: Source, *, n: int, out: Path, preset: str | None, seed: int,
@@ -171,7 +175,8 @@ for _dataset in DATASETS.values():
 
 
 @app.command()
-def info(store: Annotated[Path, typer.Argument(help="Store to describe.")]) -> None:
+def info(store: Annotated[str, typer.Argument(
+        help="Store to describe (folder or s3:// URL).")]) -> None:
     """Print a store's summary: size, preset, seed, source, progress, label counts."""
     with cli_errors():
         opened = shards.open_store(store, allow_incomplete=True)
@@ -179,7 +184,7 @@ def info(store: Annotated[Path, typer.Argument(help="Store to describe.")]) -> N
 
 
 @app.command()
-def verify(store: Annotated[Path, typer.Argument(help="Store to check.")],
+def verify(store: Annotated[str, typer.Argument(help="Store to check (folder or s3:// URL).")],
            quiet: Quiet = False) -> None:
     """Re-check every chunk against its stored checksum; exit 1 naming bad chunks."""
     with cli_errors():

@@ -1,29 +1,34 @@
-"""Generate an NSA shard store with Ray: one task per chunk, resumable, reproducible.
+"""Generate an NSA shard store with Ray: one task per shard, resumable, reproducible.
 
 Why it is built this way:
 
 - Example ``i`` is ``make_example(sources, settings, seed, i)``, a pure function, so the
   bytes of a store do not depend on how many workers made it or in which order.
-- A Ray task owns one chunk of every array (see :mod:`nsa.generate.shards`): zarr loses
-  data silently when two writers touch one chunk. The task writes the data, then the
-  chunk's checksum, the marker that the chunk is done. ``--resume`` therefore redoes
-  exactly the chunks without a checksum, and produces what an uninterrupted run would
+- A Ray task owns one shard of every array (see :mod:`nsa.generate.shards`): zarr loses
+  data silently when two writers touch one shard. The task makes the shard's examples
+  into preallocated arrays, writes each array's shard file whole, then the shard's chunk
+  checksums, the marker that its chunks are done. ``--resume`` therefore redoes exactly
+  the shards with a chunk without checksum, and produces what an uninterrupted run would
   have; ``nsa-gen verify`` re-reads every chunk against its checksum. (Reading a chunk
   back in the task would cost ~0.25 ms per ELPV example, against ~1.5 ms to make one.)
+- A task's fixed costs (opening the store: ~10 zarr.json reads; Ray's scheduling) are
+  paid once per shard (up to 16 chunks), not once per chunk, and a store has ~8 files per
+  shard instead of per chunk.
 - The source images are resized once in the driver, their object masks computed once,
   and the resulting ``SourceSet`` put into the object store once; tasks read it without
   copying. At most ``workers`` tasks are in flight, so the driver's memory and the object
-  store hold only that many chunks whatever ``n`` is.
+  store hold only that many shards whatever ``n`` is.
 - One ``nsa-gen`` writes a store at a time (a ``flock`` held from before creation, also by
   ``--resume``; the kernel drops it when the holder dies, so ``kill -9`` + ``--resume``
   works). A full disk, in the driver or in a task, is one line naming the store, and the
-  chunks written so far stay resumable.
+  shards written so far stay resumable.
 - Everything that can be wrong with the input is checked before the store is created, so
   bad input never leaves anything that looks like a store on disk; ``complete: true`` is
   written last, after every chunk is accounted for.
 
 The store path must be reachable under the same name from every Ray node (a shared file
-system when ``--address`` names a multi-machine cluster).
+system when ``--address`` names a multi-machine cluster), or be an ``s3://`` URL (see
+:mod:`nsa.locations`: every node then needs the S3 credentials in its environment).
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from nsa.generate.anomaly_rate import check_anomaly_rate
 from nsa.generate.images import read_images, with_white_level
 from nsa.generate.presets import preset_names, resolve_settings, upgrade_settings
 from nsa.generate.sources import Source
-from nsa.generate.synthesis import SKIP_REASONS, Example, SourceSet, make_example, prepare_sources
+from nsa.generate.synthesis import SKIP_REASONS, SourceSet, make_example, prepare_sources
 
 from nsa.errors import UserError, os_error
+from nsa.locations import Location, S3Location, parse_location
 from nsa.progress import progress_bar
 from nsa.ray_session import check_cluster, ray_session
 from nsa.versions import package_versions
@@ -52,38 +58,49 @@ IDENTITY_KEYS = ("preset", "settings", "seed", "n", "chunk_size", "height", "wid
                  "channels")
 
 
-def chunk_data(examples: list[Example]) -> shards.ChunkData:
-    """Stack examples into the stored arrays of one chunk."""
-    boxes = np.full((len(examples), shards.MAX_PATCHES, 4), -1, np.int16)
-    for row, example in enumerate(examples):
-        if example.boxes:
-            boxes[row, :len(example.boxes)] = np.asarray(example.boxes[:shards.MAX_PATCHES])
-    return shards.ChunkData(
-        images=np.stack([e.image for e in examples]),
-        masks=np.stack([shards.label_to_mask(e.label) for e in examples]),
-        labels=np.array([e.image_label for e in examples], np.uint8),
-        dest_index=np.array([e.dest_index for e in examples], np.int32),
-        source_index=np.array([e.source_index for e in examples], np.int32),
-        boxes=boxes,
-        reason=np.array([SKIP_REASONS.index(e.reason) for e in examples], np.uint8),
+def shard_data(sources: SourceSet, settings: dict[str, Any], seed: int,
+               rows: range) -> shards.ChunkData:
+    """Make examples ``rows`` into the stored arrays (one row per example), filled in
+    place so that a task holds one copy of its shard."""
+    count = len(rows)
+    height, width, channels = sources.shape
+    data = shards.ChunkData(
+        images=np.empty((count, height, width, channels), np.uint8),
+        masks=np.empty((count, height, width, 1), np.uint8),
+        labels=np.empty(count, np.uint8),
+        dest_index=np.empty(count, np.int32),
+        source_index=np.empty(count, np.int32),
+        boxes=np.full((count, shards.MAX_PATCHES, 4), -1, np.int16),
+        reason=np.empty(count, np.uint8),
     )
+    for row, index in enumerate(rows):
+        example = make_example(sources, settings, seed, index)
+        data.images[row] = example.image
+        data.masks[row] = shards.label_to_mask(example.label)
+        data.labels[row] = example.image_label
+        data.dest_index[row] = example.dest_index
+        data.source_index[row] = example.source_index
+        if example.boxes:
+            data.boxes[row, :len(example.boxes)] = np.asarray(
+                example.boxes[:shards.MAX_PATCHES])
+        data.reason[row] = SKIP_REASONS.index(example.reason)
+    return data
 
 
-def write_chunk(path: Path, sources: SourceSet, settings: dict[str, Any], seed: int,
-                index: int) -> int:
-    """Make and write chunk ``index`` of the store at ``path``; return its size.
+def write_shard(path: Path | Location, sources: SourceSet, settings: dict[str, Any], seed: int,
+                shard: int) -> int:
+    """Make and write shard ``shard`` of the store at ``path``; return its example count.
 
     The body of one Ray task; also callable in-process.
     """
     store = shards.open_store(path, allow_incomplete=True, mode="r+")
-    span = store.chunk_slice(index)
-    examples = [make_example(sources, settings, seed, i) for i in range(span.start, span.stop)]
-    store.write_chunk(index, chunk_data(examples))
+    span = store.shard_slice(shard)
+    store.write_shard(shard, shard_data(sources, settings, seed, range(span.start, span.stop)))
     return span.stop - span.start
 
 
-def _write_chunk_task(path: Path, sources: SourceSet, settings: dict[str, Any], seed: int,
-                      index: int) -> int:
+def _write_shard_task(path: Path | Location, sources: SourceSet, settings: dict[str, Any],
+                      seed: int, shard: int) -> int:
     """One task per CPU, so no nested thread pools: OpenCV and Blosc get one thread each
     (Ray already sets OMP_NUM_THREADS=1 for a one-CPU task, which numpy's BLAS reads)."""
     import cv2
@@ -91,7 +108,7 @@ def _write_chunk_task(path: Path, sources: SourceSet, settings: dict[str, Any], 
 
     cv2.setNumThreads(1)
     blosc.set_nthreads(1)
-    return write_chunk(path, sources, settings, seed, index)
+    return write_shard(path, sources, settings, seed, shard)
 
 
 def _check_options(n: int, seed: int, workers: int | None, chunk_size: int, resume: bool,
@@ -108,23 +125,23 @@ def _check_options(n: int, seed: int, workers: int | None, chunk_size: int, resu
         raise UserError("--resume and --overwrite exclude each other")
 
 
-def _is_store(path: Path) -> bool:
+def _is_store(path: Location) -> bool:
     try:
         shards.open_store(path, allow_incomplete=True)
-    except shards.StoreDamaged:
-        return True  # an NSA store, whose parts contradict each other
+    except (shards.StoreDamaged, shards.StoreVersionError):
+        return True  # an NSA store, whose parts contradict each other or of another version
     except shards.StoreError:
         return False
     return True
 
 
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if not out.exists():
+def _check_out(out: Location, resume: bool, overwrite: bool) -> None:
+    if not shards.store_exists(out):
         return
     if resume:
         try:
             shards.open_store(out, allow_incomplete=True)
-        except shards.StoreDamaged:
+        except (shards.StoreDamaged, shards.StoreVersionError):
             raise
         except shards.StoreError as exc:
             reason = str(exc).removeprefix(f"{out}: ")
@@ -133,7 +150,8 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if not overwrite:
         raise UserError(f"{out} already exists; pass --resume to finish it or --overwrite "
                         "to replace it")
-    if not _is_store(out) and (not out.is_dir() or any(out.iterdir())):
+    if not _is_store(out) and (isinstance(out, S3Location) or not out.path.is_dir()
+                               or any(out.path.iterdir())):
         raise UserError(f"{out}: --overwrite replaces only NSA stores, and this is not one")
 
 
@@ -173,7 +191,7 @@ def source_settings(source: Source, preset: str | None = None,
 
 def generate_store(
     source: Source,
-    out: Path | str,
+    out: Path | str | Location,
     *,
     n: int,
     preset: str | None = None,
@@ -186,7 +204,7 @@ def generate_store(
     size: int | None = None,
     chunk_size: int = shards.DEFAULT_CHUNK_SIZE,
     progress: bool = True,
-) -> Path:
+) -> Path | str:
     """Generate ``n`` examples from ``source`` into the store ``out``; return its path.
 
     ``preset`` defaults to the source's; ``overrides`` and ``size`` change settings.
@@ -195,20 +213,23 @@ def generate_store(
     settings, seed, n and source images (and starts one when ``out`` does not exist);
     ``overwrite`` replaces an existing store. Holds :func:`~nsa.generate.shards.writer_lock`
     throughout, so a second writer of ``out`` fails at once with a :class:`UserError`.
+    An S3 store whose server, bucket or credentials are missing fails in seconds, before
+    anything is read or written.
     """
-    out = Path(out)
+    location = parse_location(out)
     _check_options(n, seed, workers, chunk_size, resume, overwrite)
+    location.check()
     check_cluster(address)  # fail in seconds, before reading any image
     settings = source_settings(source, preset, overrides, size)
-    with shards.writer_lock(out):  # one nsa-gen per store, for creation and --resume
-        _generate_locked(source, out, settings, n, seed, workers, address, resume, overwrite,
-                         chunk_size, progress)
-    return out
+    with shards.writer_lock(location) as lock:  # one nsa-gen per store, also --resume
+        _generate_locked(source, location, settings, n, seed, workers, address, resume,
+                         overwrite, chunk_size, progress, lock)
+    return location.shown
 
 
-def _generate_locked(source: Source, out: Path, settings: dict[str, Any], n: int, seed: int,
-                     workers: int | None, address: str | None, resume: bool,
-                     overwrite: bool, chunk_size: int, progress: bool) -> None:
+def _generate_locked(source: Source, out: Location, settings: dict[str, Any], n: int,
+                     seed: int, workers: int | None, address: str | None, resume: bool,
+                     overwrite: bool, chunk_size: int, progress: bool, lock: Any) -> None:
     preset = settings["preset"]
     _check_out(out, resume, overwrite)
 
@@ -225,20 +246,24 @@ def _generate_locked(source: Source, out: Path, settings: dict[str, Any], n: int
     store = _open_or_create(out, wanted, resume)
     if not store.complete:
         with ray_session(address, workers if address is None else None):
-            run_chunks(store, sources, settings, seed, workers, progress)
+            run_shards(store, sources, settings, seed, workers, progress)
         check_anomaly_rate(store)
+        if lock is not None:
+            lock.check()  # an S3 lock taken over while we ran: leave finishing to its taker
         _finish(store)
 
 
-def _open_or_create(out: Path, wanted: dict[str, Any], resume: bool) -> shards.Store:
-    if resume and out.exists():
+def _open_or_create(out: Location, wanted: dict[str, Any], resume: bool) -> shards.Store:
+    if resume and shards.store_exists(out):
         store = shards.open_store(out, allow_incomplete=True, mode="r+")
         mismatch = _resume_mismatch(store.attrs, wanted)
         if mismatch:
             raise UserError(f"{out}: cannot resume, the store was made with another {mismatch}")
         return store
-    if out.is_dir():  # --overwrite, checked to be a store or empty by _check_out
-        shutil.rmtree(out)
+    if isinstance(out, S3Location):  # --overwrite (checked by _check_out), or leftovers
+        out.remove()
+    elif out.path.is_dir():  # --overwrite, checked to be a store or empty by _check_out
+        shutil.rmtree(out.path)
     attrs = {
         **{k: wanted[k] for k in ("preset", "settings", "seed", "source")},
         "reasons": list(SKIP_REASONS),
@@ -251,44 +276,48 @@ def _open_or_create(out: Path, wanted: dict[str, Any], resume: bool) -> shards.S
     return shards.open_store(out, allow_incomplete=True, mode="r+")
 
 
-def run_chunks(store: shards.Store, sources: SourceSet, settings: dict[str, Any], seed: int,
+def run_shards(store: shards.Store, sources: SourceSet, settings: dict[str, Any], seed: int,
                workers: int | None = None, progress: bool = True) -> None:
-    """Write every chunk of ``store`` that has no checksum yet, as Ray tasks, at most
-    ``workers`` at a time (default: every CPU of the Ray cluster); Ray must be running.
+    """Write every shard of ``store`` that has a chunk without checksum, as Ray tasks, at
+    most ``workers`` at a time (default: every CPU of the Ray cluster); Ray must be running.
 
     The generation phase of :func:`generate_store`, public so that benchmarks can time it
     without Ray's start-up and the image loading.
     """
     import ray
 
-    pending = deque(int(i) for i in np.flatnonzero(~store.written_chunks()))
+    pending = deque(int(s) for s in np.flatnonzero(~store.written_shards()))
     in_flight_cap = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(num_cpus=1, max_retries=0)(_write_chunk_task)
+    task = ray.remote(num_cpus=1, max_retries=0)(_write_shard_task)
     sources_ref = ray.put(sources)
-    path = store.path.absolute()  # workers need not share the driver's working directory
-    done = store.n - sum(store.chunk_slice(i).stop - store.chunk_slice(i).start
-                         for i in pending)
+    path = store.location.absolute()  # workers need not share the driver's working folder
+
+    def size(shard: int) -> int:
+        span = store.shard_slice(shard)
+        return span.stop - span.start
+
     bar = progress_bar("examples")
     bar.disable = not progress
     bar.start()
-    bar_task = bar.add_task("generating", total=store.n, completed=done)
-    in_flight: dict[Any, int] = {}  # task -> chunk index
+    bar_task = bar.add_task("generating", total=store.n,
+                            completed=store.n - sum(map(size, pending)))
+    in_flight: dict[Any, int] = {}  # task -> shard index
     try:
         while pending or in_flight:
             while pending and len(in_flight) < in_flight_cap:
-                index = pending.popleft()
-                ref = task.remote(path, sources_ref, settings, seed, index)
-                in_flight[ref] = index
+                shard = pending.popleft()
+                ref = task.remote(path, sources_ref, settings, seed, shard)
+                in_flight[ref] = shard
             ready, _ = ray.wait(list(in_flight), num_returns=1)
-            index = in_flight.pop(ready[0])
-            bar.advance(bar_task, _result(ready[0], store.path, index))
+            shard = in_flight.pop(ready[0])
+            bar.advance(bar_task, _result(ready[0], store, shard))
     finally:
         for ref in in_flight:
             ray.cancel(ref, force=True)
         bar.stop()
 
 
-def _result(ref: Any, path: Path, index: int) -> int:
+def _result(ref: Any, store: shards.Store, shard: int) -> int:
     """The task's result. A UserError raised in a task comes out as itself, an OSError as
     the one-line error of :func:`~nsa.errors.os_error` naming the store; a lost
     worker or node becomes a one-line UserError (a bug in the task keeps its traceback)."""
@@ -300,13 +329,15 @@ def _result(ref: Any, path: Path, index: int) -> int:
         if isinstance(exc.cause, UserError):
             raise exc.cause from None
         if isinstance(exc.cause, OSError):  # e.g. the store's disk failed in the worker
-            raise os_error(exc.cause, path) from None
+            raise os_error(exc.cause, store.path) from None
         raise
     except ray.exceptions.RayError as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0]
+        chunks = store.shard_chunk_range(shard)
         raise UserError(
-            f"{path}: chunk {index} failed ({exc.__class__.__name__}: {first_line}); "
-            "finished chunks are kept, rerun with --resume"
+            f"{store.path}: shard {shard} (chunks {chunks.start}-{chunks.stop - 1}) failed "
+            f"({exc.__class__.__name__}: {first_line}); finished shards are kept, rerun "
+            "with --resume"
         ) from None
 
 

@@ -1,10 +1,15 @@
 """The NSA shard store: the one definition of the format that ``nsa-gen`` writes and
-``nsa-train`` reads.
+``nsa-train`` reads (format version 2; docs/store-format.md states it for any Zarr client).
 
-A store is a Zarr v3 group. Every array is chunked along the example axis with the same
-``chunk_size``, so chunk ``i`` of every array holds examples ``[i*chunk_size, (i+1)*chunk_size)``
-and one writer (one Ray task) owns all of them: zarr loses data silently when two writers
-touch one chunk.
+A store is a Zarr v3 group. Every example array is cut along the example axis into
+*chunks* of ``chunk_size`` examples (the unit of compression, of a checksum and of a
+read) and stored in *shards* of ``shard_chunks`` consecutive chunks (Zarr v3 sharding:
+one file per shard and array). Shard ``s`` of every array holds chunks
+``[s*shard_chunks, (s+1)*shard_chunks)`` and exactly one writer (one Ray task) owns all
+of them: zarr loses data silently when two writers touch one shard, so the only writer
+API is :meth:`Store.write_shard`, which writes a whole shard of every array and then its
+checksums (:meth:`Store.write_chunk` rewrites one chunk in place and is for a process
+that holds the whole store: tests and repairs).
 
 Arrays (N examples, H x W pixels, C = 1 or 3 channels):
 
@@ -19,20 +24,29 @@ Arrays (N examples, H x W pixels, C = 1 or 3 channels):
 - ``reason``   (N,) uint8: index into ``attrs["reasons"]``; 0 means at least one patch
   was blended, others say why an example has no anomaly.
 - ``checksums`` (n_chunks, 32) uint8, one row per chunk: SHA-256 over the chunk's bytes
-  of every array above, written by the chunk's writer *after* its data. An all-zero row
-  means the chunk is not written yet; that is how ``--resume`` finds what is missing.
+  of every array above, written by the shard's writer *after* its data, one (unsharded)
+  Zarr chunk of ``shard_chunks`` rows per shard. An all-zero row means the chunk is not
+  written yet; ``--resume`` redoes every shard with such a row.
 
 Group attributes: ``format`` and ``format_version``, ``preset``, ``settings`` (fully
-resolved), ``seed``, ``n``, ``chunk_size``, ``height``, ``width``, ``channels``,
-``source`` (kind, description, ``files`` with content hashes), ``versions``, ``reasons``,
-``created``, and ``complete`` which is ``False`` until every chunk is written and checked;
-it is set last. Readers refuse incomplete stores unless asked explicitly.
+resolved), ``seed``, ``n``, ``chunk_size``, ``shard_chunks``, ``height``, ``width``,
+``channels``, ``source`` (kind, description, ``files`` with content hashes), ``versions``,
+``reasons``, ``created``, and ``complete`` which is ``False`` until every chunk is written
+and checked; it is set last. Readers refuse incomplete stores unless asked explicitly,
+and stores of another format version always (format version 1, one file per chunk and
+array, is refused with a line saying to regenerate it: the same command and seed give the
+same examples and checksums).
 
 Every reader goes through :func:`open_store`, which checks the arrays against the
 attributes (:func:`check_structure`) and names the first contradiction in one line, so a
-hand-edited or truncated store fails there rather than as a KeyError later. One process
-writes a store at a time: the writer holds :func:`writer_lock` (``.<name>.lock`` beside
-the store) from before creation to the end.
+hand-edited or truncated store fails there rather than as a KeyError later. Tools over a
+store are linear in its size: the checksums are read once per opening (a read-only
+:class:`Store` keeps them), and :func:`verify_store` reads each shard of each array once.
+One process writes a store at a time: the writer holds :func:`writer_lock`
+(``.<name>.lock`` beside the store) from before creation to the end.
+
+A store is a local folder or an ``s3://bucket/key`` prefix (:mod:`nsa.locations`); every
+function here takes either, as a path, a URL string or a location.
 """
 
 from __future__ import annotations
@@ -43,9 +57,9 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -53,11 +67,23 @@ from nsa.generate.presets import MAX_PATCHES, SettingsError, check_recorded_sett
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from nsa.errors import CheckFailed, UserError, writing
+from nsa.locations import LocalLocation, Location, S3Location, parse_location, s3_writer_lock
 from nsa.progress import progress_bar
 
 FORMAT = "nsa-shards"
-FORMAT_VERSION = 1
+#: 1: one file per chunk and array. 2: Zarr v3 sharding, ``shard_chunks`` chunks a file.
+FORMAT_VERSION = 2
 DEFAULT_CHUNK_SIZE = 64
+# Chunks per shard, the unit a Ray task makes and writes whole. A shard is at most
+# MAX_SHARD_CHUNKS chunks (1,024 examples of 64: 8 files per 1,024 examples instead of 8
+# per 64, a 200k store ~1.6k files instead of ~25k) and at most MAX_SHARD_BYTES of raw
+# images and masks (a task holds its shard in memory: 32 MiB at 128 px grey, 128 MiB at
+# 256 px RGB), and a store has at least MIN_SHARDS shards while it has that many chunks,
+# so that a few workers finish together (the last shard's wait is at most 1/32 of the run
+# per worker) and small stores still spread over every worker.
+MAX_SHARD_CHUNKS = 16
+MAX_SHARD_BYTES = 128 * 2**20
+MIN_SHARDS = 32
 # Blosc lz4 level 5 with bit shuffle. Synthesis makes an ELPV example in ~1.4 ms, so every
 # 0.1 ms spent storing it costs 7% of a worker. Measured on 64 ELPV examples at 256 px
 # (bench/generation.py, and per codec): zstd-3 with byte shuffle (a no-op for uint8)
@@ -78,9 +104,14 @@ class StoreDamaged(StoreError):
     """A store whose arrays or attributes contradict each other (hand-edited, truncated)."""
 
 
+class StoreVersionError(StoreError):
+    """An NSA store of another format version than this code reads."""
+
+
 @dataclass(frozen=True)
 class ChunkData:
-    """All arrays of one chunk (or one slice of examples), as numpy arrays."""
+    """All example arrays of one chunk, one shard or any run of examples, as numpy arrays
+    with one row per example (shapes and dtypes as in :func:`array_specs`)."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -89,6 +120,13 @@ class ChunkData:
     source_index: np.ndarray
     boxes: np.ndarray
     reason: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def rows(self, start: int, stop: int) -> ChunkData:
+        """Examples ``[start, stop)`` of every array (views, not copies)."""
+        return ChunkData(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
 
     def checksum(self) -> np.ndarray:
         """SHA-256 over every array's bytes in ``EXAMPLE_ARRAYS`` order, as 32 uint8."""
@@ -109,30 +147,53 @@ def mask_to_label(mask: np.ndarray) -> np.ndarray:
 
 
 def n_chunks(n: int, chunk_size: int) -> int:
+    """How many pieces of ``chunk_size`` hold ``n`` (the last one may be short)."""
     return -(-n // chunk_size)
 
 
-def array_specs(n: int, height: int, width: int, channels: int,
-                chunk_size: int) -> dict[str, tuple[tuple[int, ...], str, tuple[int, ...], int]]:
-    """Every array of a store: ``name -> (shape, dtype, chunks, fill value)``.
+def default_shard_chunks(n: int, chunk_size: int, height: int, width: int,
+                         channels: int) -> int:
+    """Chunks per shard for a new store: at most ``MAX_SHARD_CHUNKS`` and
+    ``MAX_SHARD_BYTES`` of images and masks, and few enough for ``MIN_SHARDS`` shards;
+    at least 1. A function of the store's shape alone, never of the worker count."""
+    chunk_bytes = chunk_size * height * width * (channels + 1)
+    return max(1, min(MAX_SHARD_CHUNKS, n_chunks(n, chunk_size) // MIN_SHARDS,
+                      MAX_SHARD_BYTES // chunk_bytes))
 
-    The one statement of the layout, used to create a store and to check one.
-    """
-    cs = chunk_size
-    return {
-        "images": ((n, height, width, channels), "uint8", (cs, height, width, channels), 0),
-        "masks": ((n, height, width, 1), "uint8", (cs, height, width, 1), 0),
-        "labels": ((n,), "uint8", (cs,), 0),
-        "dest_index": ((n,), "int32", (cs,), -1),
-        "source_index": ((n,), "int32", (cs,), -1),
-        "boxes": ((n, MAX_PATCHES, 4), "int16", (cs, MAX_PATCHES, 4), -1),
-        "reason": ((n,), "uint8", (cs,), 0),
-        "checksums": ((n_chunks(n, cs), 32), "uint8", (1, 32), 0),
+
+class ArraySpec(NamedTuple):
+    """One array of a store: shape, dtype, chunk shape, shard shape (None: unsharded),
+    fill value."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...] | None
+    fill: int
+
+
+def array_specs(n: int, height: int, width: int, channels: int, chunk_size: int,
+                shard_chunks: int) -> dict[str, ArraySpec]:
+    """Every array of a store by name: the one statement of the layout, used to create a
+    store and to check one."""
+    cs, rows = chunk_size, chunk_size * shard_chunks
+    example = {
+        "images": ((height, width, channels), "uint8", 0),
+        "masks": ((height, width, 1), "uint8", 0),
+        "labels": ((), "uint8", 0),
+        "dest_index": ((), "int32", -1),
+        "source_index": ((), "int32", -1),
+        "boxes": ((MAX_PATCHES, 4), "int16", -1),
+        "reason": ((), "uint8", 0),
     }
+    specs = {name: ArraySpec((n, *tail), dtype, (cs, *tail), (rows, *tail), fill)
+             for name, (tail, dtype, fill) in example.items()}
+    specs["checksums"] = ArraySpec((n_chunks(n, cs), 32), "uint8", (shard_chunks, 32), None, 0)
+    return specs
 
 
 def create_store(
-    path: Path,
+    path: str | Path | Location,
     *,
     n: int,
     height: int,
@@ -140,18 +201,35 @@ def create_store(
     channels: int,
     chunk_size: int,
     attrs: dict[str, Any],
+    shard_chunks: int | None = None,
 ) -> zarr.Group:
     """Create an empty store with ``complete: False``; ``attrs`` adds the provenance.
 
-    The store is built in a hidden sibling folder and renamed to ``path`` when its
-    metadata is whole, so a kill at any moment leaves either nothing at ``path`` or a
-    store that ``--resume`` can finish. ``path`` must not exist; the caller holds
-    :func:`writer_lock`, so the hidden folders of other pids are leftovers of killed runs.
-    An OSError (no space left) becomes an :class:`~nsa.errors.OutputError` naming ``path``.
+    ``shard_chunks`` (chunks per shard, 1 to the store's chunk count) defaults to
+    :func:`default_shard_chunks`. The store is built in a hidden sibling folder and
+    renamed to ``path`` when its metadata is whole, so a kill at any moment leaves either
+    nothing at ``path`` or a store that ``--resume`` can finish. ``path`` must not exist;
+    the caller holds :func:`writer_lock`, so the hidden folders of other pids are
+    leftovers of killed runs. An OSError (no space left) becomes an
+    :class:`~nsa.errors.OutputError` naming ``path``. On S3, where nothing can be
+    renamed, the arrays' metadata is written first and the group's (which makes it a
+    store) last; :func:`store_exists` counts arrays' metadata alone as nothing, and this
+    function clears it.
     """
-    path = Path(path)
+    location = parse_location(path)
+    path = location.shown
     if channels not in (1, 3):
         raise StoreError(f"{path}: channels must be 1 or 3, not {channels}")
+    if shard_chunks is None:
+        shard_chunks = default_shard_chunks(n, chunk_size, height, width, channels)
+    if not 1 <= shard_chunks <= n_chunks(n, chunk_size):
+        raise StoreError(f"{path}: shard_chunks must be 1 to {n_chunks(n, chunk_size)} "
+                         f"(the store's chunks), not {shard_chunks}")
+    layout = {"n": n, "height": height, "width": width, "channels": channels,
+              "chunk_size": chunk_size, "shard_chunks": shard_chunks}
+    if isinstance(location, S3Location):
+        return _create_s3(location, layout, attrs)
+    path = location.path
     if path.exists():
         raise StoreError(f"{path} already exists")
     building = path.with_name(f".{path.name}.creating-{os.getpid()}")
@@ -159,25 +237,47 @@ def create_store(
         for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
         group = zarr.open_group(str(building), mode="w", zarr_format=3)
-        for name, (shape, dtype, chunks, fill) in array_specs(
-                n, height, width, channels, chunk_size).items():
-            group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
-                               compressors=COMPRESSOR, fill_value=fill)
-        group.attrs.update(
-            {
-                **attrs,
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "n": n,
-                "height": height,
-                "width": width,
-                "channels": channels,
-                "chunk_size": chunk_size,
-                "complete": False,
-            }
-        )
+        _fill_new_group(group, layout, attrs)
         os.rename(building, path)
         return zarr.open_group(str(path), mode="r+", zarr_format=3)
+
+
+def _fill_new_group(group: zarr.Group, layout: dict[str, int], attrs: dict[str, Any]) -> None:
+    for name, spec in array_specs(**layout).items():
+        group.create_array(name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks,
+                           shards=spec.shards,
+                           compressors=COMPRESSOR if spec.shards else None,
+                           fill_value=spec.fill)
+    group.attrs.update({**attrs, "format": FORMAT, "format_version": FORMAT_VERSION,
+                        **layout, "complete": False})
+
+
+#: What a creation on S3 killed before its last write leaves: array metadata only.
+_CREATION_KEYS = frozenset(f"{name}/zarr.json" for name in array_specs(1, 1, 1, 1, 1, 1))
+
+
+def store_exists(path: str | Path | Location) -> bool:
+    """Whether anything is at ``path``, not counting what an interrupted creation on S3
+    left (see :func:`create_store`)."""
+    location = parse_location(path)
+    if isinstance(location, LocalLocation):
+        return location.exists()
+    keys = location.list_keys()
+    return bool(keys) and not set(keys) <= _CREATION_KEYS
+
+
+def _create_s3(location: S3Location, layout: dict[str, int],
+               attrs: dict[str, Any]) -> zarr.Group:
+    if store_exists(location):
+        raise StoreError(f"{location} already exists")
+    location.remove()  # what a killed creation left: array metadata, no group
+    built: dict[str, Any] = {}
+    _fill_new_group(zarr.open_group(zarr.storage.MemoryStore(built), mode="w",
+                                    zarr_format=3), layout, attrs)
+    keys = sorted(built, key=lambda key: key == "zarr.json")  # the group's metadata last
+    with writing(location):
+        location.put((key, built[key].to_bytes()) for key in keys)
+        return zarr.open_group(location.zarr_store(), mode="r+", zarr_format=3)
 
 
 @contextmanager
@@ -190,15 +290,22 @@ def _removed_on_error(folder: Path) -> Iterator[None]:
 
 
 @contextmanager
-def writer_lock(path: str | Path) -> Iterator[None]:
+def writer_lock(path: str | Path | Location) -> Iterator[Any]:
     """Hold the one-writer lock of the store at ``path`` (which need not exist yet).
 
     An advisory ``flock`` on ``.<name>.lock`` beside the store, holding the holder's pid;
     the kernel drops it when the holder dies, even by ``kill -9``. The file is removed on
     leaving. Raises :class:`StoreError` naming the other writer's pid when it is held, or
     a one-line error from :func:`~nsa.errors.writing` when the folder is unusable.
+    On S3, the lock object of :func:`nsa.locations.s3_writer_lock`, yielded so that the
+    writer can :meth:`~nsa.locations.S3Lock.check` it before finishing (None locally).
     """
-    path = Path(path)
+    location = parse_location(path)
+    if isinstance(location, S3Location):
+        with s3_writer_lock(location) as lock:
+            yield lock
+        return
+    path = location.path
     lock_path = path.with_name(f".{path.name}.lock")
     existing = next(parent for parent in path.absolute().parents if parent.exists())
     if not existing.is_dir():
@@ -225,7 +332,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield None
     finally:
         with writing(path):
             os.unlink(lock_path)  # while still locked: nobody can take a file about to go
@@ -233,28 +340,96 @@ def writer_lock(path: str | Path) -> Iterator[None]:
 
 
 class Store:
-    """Read access to a store; also used by the writer to fill and finish it."""
+    """Read access to a store; also used by the writer to fill and finish it.
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
-        self.path = Path(path)
+    Opened read-only (``mode="r"``), it reads the checksums once and keeps them; opened
+    ``r+`` (by a writer, while other processes write other shards) it reads them anew
+    each time they are asked for.
+    """
+
+    def __init__(self, path: str | Path | Location, group: zarr.Group,
+                 checksums: np.ndarray | None = None) -> None:
+        self.location = parse_location(path)
+        #: The folder (a Path) or the URL (a str), as messages name the store.
+        self.path: Path | str = self.location.shown
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.n: int = self.attrs["n"]
         self.chunk_size: int = self.attrs["chunk_size"]
+        self.shard_chunks: int = self.attrs["shard_chunks"]
         self.height: int = self.attrs["height"]
         self.width: int = self.attrs["width"]
         self.channels: int = self.attrs["channels"]
         self.n_chunks = n_chunks(self.n, self.chunk_size)
+        self.n_shards = n_chunks(self.n_chunks, self.shard_chunks)
+        self._read_only = group.read_only
+        self._checksums = checksums if self._read_only else None
+        self._arrays: dict[str, zarr.Array] = {}
 
     @property
     def complete(self) -> bool:
         return bool(self.group.attrs.get("complete", False))
 
+    def array(self, name: str) -> zarr.Array:
+        """The zarr array ``name``, opened once (it writes chunks even when they hold
+        only the fill value: zarr's test for that took 10 of the 13 ms of writing a 4 MB
+        mask chunk, measured, and every written chunk then has its bytes)."""
+        if name not in self._arrays:
+            array = self.group[name]
+            assert isinstance(array, zarr.Array)  # check_structure made sure
+            self._arrays[name] = array.with_config({"write_empty_chunks": True})
+        return self._arrays[name]
+
     def chunk_slice(self, index: int) -> slice:
+        """The examples of chunk ``index``; IndexError when there is no such chunk."""
         if not 0 <= index < self.n_chunks:
             raise IndexError(f"chunk {index} out of range 0..{self.n_chunks - 1}")
         start = index * self.chunk_size
         return slice(start, min(start + self.chunk_size, self.n))
+
+    def shard_chunk_range(self, shard: int) -> range:
+        """The chunks of shard ``shard``; IndexError when there is no such shard."""
+        if not 0 <= shard < self.n_shards:
+            raise IndexError(f"shard {shard} out of range 0..{self.n_shards - 1}")
+        first = shard * self.shard_chunks
+        return range(first, min(first + self.shard_chunks, self.n_chunks))
+
+    def shard_slice(self, shard: int) -> slice:
+        """The examples of shard ``shard``."""
+        chunks = self.shard_chunk_range(shard)
+        return slice(chunks.start * self.chunk_size,
+                     min(chunks.stop * self.chunk_size, self.n))
+
+    def checksums(self) -> np.ndarray:
+        """The (n_chunks, 32) uint8 checksum rows (all zero: chunk not written yet).
+
+        Raises :class:`StoreDamaged` when the array cannot be read.
+        """
+        if self._checksums is not None:
+            return self._checksums
+        checksums = _read_checksums(self.path, self.group)
+        if self._read_only:
+            self._checksums = checksums
+        return checksums
+
+    def written_chunks(self) -> np.ndarray:
+        """Boolean per chunk: True where the writer recorded a checksum (chunk finished).
+
+        Raises :class:`StoreDamaged` when the checksum array cannot be read.
+        """
+        return self.checksums().any(axis=1)
+
+    def written_shards(self) -> np.ndarray:
+        """Boolean per shard: True where every chunk of the shard has its checksum."""
+        written = self.written_chunks()
+        starts = np.arange(0, self.n_chunks, self.shard_chunks)
+        return np.minimum.reduceat(written.astype(np.uint8), starts).astype(bool)
+
+    def _read(self, rows: slice, what: str) -> ChunkData:
+        try:
+            return ChunkData(**{name: self.array(name)[rows] for name in EXAMPLE_ARRAYS})
+        except Exception as exc:  # zarr/numcodecs raise many types for damaged bytes
+            raise StoreError(f"{self.path}: {what} is unreadable ({exc})") from exc
 
     def read_chunk(self, index: int, verify: bool = True) -> ChunkData:
         """Read chunk ``index`` of every array; with ``verify``, check its SHA-256.
@@ -262,65 +437,112 @@ class Store:
         Raises :class:`StoreError` naming the chunk when it is unreadable or its bytes do
         not match the recorded checksum.
         """
-        sl = self.chunk_slice(index)
-        try:
-            data = ChunkData(**{name: self.group[name][sl] for name in EXAMPLE_ARRAYS})
-            stored = self.group["checksums"][index]
-        except Exception as exc:  # zarr/numcodecs raise many types for damaged chunks
-            raise StoreError(f"{self.path}: chunk {index} is unreadable ({exc})") from exc
-        if verify and not np.array_equal(data.checksum(), stored):
-            raise StoreError(f"{self.path}: chunk {index} does not match its checksum")
+        data = self._read(self.chunk_slice(index), f"chunk {index}")
+        if verify:
+            if self._checksums is not None:
+                stored = self._checksums[index]
+            else:
+                try:
+                    stored = self.array("checksums")[index]
+                except Exception as exc:  # zarr/numcodecs raise many types
+                    raise StoreError(
+                        f"{self.path}: chunk {index} is unreadable ({exc})") from exc
+            if not np.array_equal(data.checksum(), stored):
+                raise StoreError(f"{self.path}: chunk {index} does not match its checksum")
         return data
 
-    def written_chunks(self) -> np.ndarray:
-        """Boolean per chunk: True where the writer recorded a checksum (chunk finished).
+    def read_shard(self, shard: int) -> ChunkData:
+        """Read every example of shard ``shard`` (one read per array), unchecked.
 
-        Raises :class:`StoreDamaged` when the checksum array cannot be read.
+        Raises :class:`StoreError` naming the shard when it is unreadable.
         """
-        return _written_chunks(self.path, self.group)
+        return self._read(self.shard_slice(shard), f"shard {shard}")
 
-    def chunk_problem(self, index: int, written: bool) -> str | None:
-        """What is wrong with chunk ``index`` (``"missing"``, ``"does not match its
-        checksum"``, ...), or None; ``written`` is its entry of :meth:`written_chunks`."""
-        if not written:
-            return "missing"
+    def chunk_problems(self, shard: int, chunks: list[int]) -> dict[int, str]:
+        """What is wrong with each of ``chunks`` (written chunks of ``shard``): chunk index
+        -> ``"does not match its checksum"``, ``"is unreadable (...)"``; sound chunks are
+        left out. Reads the shard once, and chunk by chunk only when it is unreadable."""
+        stored = self.checksums()
         try:
-            self.read_chunk(index, verify=True)
-        except StoreError as exc:
-            return str(exc).split(f"chunk {index} ", 1)[-1]
-        return None
+            data = self.read_shard(shard)
+        except StoreError:
+            problems = {}
+            for index in chunks:
+                try:
+                    self.read_chunk(index, verify=True)
+                except StoreError as exc:
+                    problems[index] = str(exc).split(f"chunk {index} ", 1)[-1]
+            return problems
+        base = self.shard_slice(shard).start
+        problems = {}
+        for index in chunks:
+            rows = self.chunk_slice(index)
+            if not np.array_equal(data.rows(rows.start - base, rows.stop - base).checksum(),
+                                  stored[index]):
+                problems[index] = "does not match its checksum"
+        return problems
+
+    def write_shard(self, shard: int, data: ChunkData) -> None:
+        """Write shard ``shard`` of every array, then its chunks' checksums (the 'done'
+        marker), each a whole shard file; ``data`` holds exactly the shard's examples.
+
+        Only the task that owns shard ``shard`` may call this: zarr does not survive two
+        writers on one shard. Raises ValueError when ``data`` is not the shard's size.
+        """
+        rows = self.shard_slice(shard)
+        if len(data) != rows.stop - rows.start:
+            raise ValueError(f"shard {shard} holds {rows.stop - rows.start} examples, "
+                             f"not {len(data)}")
+        chunks = self.shard_chunk_range(shard)
+        sums = np.stack([data.rows(self.chunk_slice(c).start - rows.start,
+                                   self.chunk_slice(c).stop - rows.start).checksum()
+                         for c in chunks])
+        with writing(self.path):
+            for name in EXAMPLE_ARRAYS:
+                self.array(name)[rows] = getattr(data, name)
+            self.array("checksums")[chunks.start:chunks.stop] = sums
 
     def write_chunk(self, index: int, data: ChunkData) -> None:
-        """Write chunk ``index`` of every array, then its checksum (the 'done' marker).
+        """Rewrite chunk ``index`` of every array in place (zarr reads, changes and writes
+        back each shard file), then its checksum.
 
-        Only the task that owns chunk ``index`` may call this: zarr does not survive two
-        writers on one chunk. Chunks are written even when they hold only the fill value:
-        zarr's test for that took 10 of the 13 ms of writing a 4 MB mask chunk (measured),
-        and every written chunk then has its file.
+        For a process that holds the whole store (tests, repairs); concurrent writers use
+        :meth:`write_shard`, one task per shard.
         """
-        sl = self.chunk_slice(index)
-        with writing(self.path), zarr.config.set({"array.write_empty_chunks": True}):
+        rows = self.chunk_slice(index)
+        with writing(self.path):
             for name in EXAMPLE_ARRAYS:
-                self.group[name][sl] = getattr(data, name)
-            self.group["checksums"][index] = data.checksum()
+                self.array(name)[rows] = getattr(data, name)
+            self.array("checksums")[index] = data.checksum()
+        if self._checksums is not None:
+            self._checksums[index] = data.checksum()
 
     def summary(self) -> dict[str, Any]:
-        """What ``nsa-gen info`` prints: shape, provenance, progress and label counts."""
+        """What ``nsa-gen info`` prints: shape, provenance, progress and label counts.
+
+        Reads the checksums and the (N,) ``labels`` and ``reason`` arrays once, no
+        example data."""
         written = self.written_chunks()
         reasons = self.attrs.get("reasons", [])
         done = np.repeat(written, self.chunk_size)[: self.n]
-        counts = np.bincount(self.group["reason"][:][done], minlength=len(reasons))
-        labels = self.group["labels"][:][done]
+        counts = np.bincount(self.array("reason")[:][done], minlength=len(reasons))
+        labels = self.array("labels")[:][done]
         source = self.attrs.get("source", {})
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        if isinstance(self.location, S3Location):
+            size = self.location.size_bytes()
+        else:
+            size = sum(f.stat().st_size for f in self.location.path.rglob("*") if f.is_file())
         return {
             "path": str(self.path),
+            "format_version": self.attrs.get("format_version"),
             "complete": self.complete,
             "n": self.n,
             "shape": [self.height, self.width, self.channels],
             "chunks_written": int(written.sum()),
             "chunks": self.n_chunks,
             "chunk_size": self.chunk_size,
+            "shards": self.n_shards,
+            "shard_chunks": self.shard_chunks,
             "preset": self.attrs.get("preset"),
             "seed": self.attrs.get("seed"),
             "source": f"{source.get('kind')}: {source.get('description')} "
@@ -342,50 +564,63 @@ class Store:
         self.attrs["complete"] = True
 
 
-def open_store(path: str | Path, *, allow_incomplete: bool = False, mode: str = "r") -> Store:
+def open_store(path: str | Path | Location, *, allow_incomplete: bool = False,
+               mode: str = "r") -> Store:
     """Open a store for reading (or ``mode="r+"`` for the writer).
 
     Raises :class:`StoreError` with a one-line reason when ``path`` is missing, is not an
-    NSA store, has another format version, or is incomplete and ``allow_incomplete`` is
-    False; :class:`StoreDamaged` when its arrays or attributes contradict each other
-    (see :func:`check_structure`).
+    NSA store, or is incomplete and ``allow_incomplete`` is False;
+    :class:`StoreVersionError` when it has another format version; :class:`StoreDamaged`
+    when its arrays or attributes contradict each other (see :func:`check_structure`).
+    Reads metadata, and the checksums of a complete store; no example data.
+    :class:`~nsa.locations.LocationError` when an S3 store's server, bucket or
+    credentials are not there.
     """
-    path = Path(path)
-    if not path.exists():
+    location = parse_location(path)
+    path = location.shown
+    location.check()
+    if not location.exists():
         raise StoreError(f"{path}: no such store")
     try:
-        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode,
+                                zarr_format=3)
     except Exception as exc:  # zarr raises many types for what is not a v3 group
         raise StoreError(f"{path}: not a Zarr v3 group ({exc.__class__.__name__})") from exc
     attrs = dict(group.attrs)
     if attrs.get("format") != FORMAT:
         raise StoreError(f"{path}: not an NSA shard store (format={attrs.get('format')!r})")
-    if attrs.get("format_version") != FORMAT_VERSION:
-        raise StoreError(
-            f"{path}: store format version {attrs.get('format_version')}, "
-            f"this nsa-pipeline reads version {FORMAT_VERSION}"
+    version = attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        older = isinstance(version, int) and version < FORMAT_VERSION
+        raise StoreVersionError(
+            f"{path}: store format version {version!r}, this nsa-pipeline reads version "
+            f"{FORMAT_VERSION} only; " + (
+                "regenerate the store with the nsa-gen command that made it and "
+                "--overwrite (the same seed gives the same examples)" if older else
+                "read it with the nsa-pipeline that made it")
         )
-    check_structure(path, group)
+    checksums = check_structure(path, group)
     if not attrs.get("complete", False) and not allow_incomplete:
         raise StoreError(
             f"{path}: store is incomplete (generation was interrupted); "
             "finish it with `nsa-gen ... --resume`"
         )
-    return Store(path, group)
+    return Store(location, group, checksums)
 
 
-_DIMENSIONS = ("n", "chunk_size", "height", "width", "channels")
+_DIMENSIONS = ("n", "chunk_size", "shard_chunks", "height", "width", "channels")
 
 
-def check_structure(path: Path, group: zarr.Group) -> None:
+def check_structure(path: Path | str, group: zarr.Group) -> np.ndarray | None:
     """Check that the store's arrays are what its attributes say; raise :class:`StoreDamaged`
     with one line naming the first contradiction.
 
-    Checked: ``n``, ``chunk_size``, ``height``, ``width``, ``channels`` are positive
-    integers (channels 1 or 3); ``settings``, when present, passes
+    Checked: ``n``, ``chunk_size``, ``shard_chunks``, ``height``, ``width``, ``channels``
+    are positive integers (channels 1 or 3); ``settings``, when present, passes
     :func:`~nsa.generate.presets.check_recorded_settings`; every array exists with
-    the shape, dtype and chunks those imply (:func:`array_specs`); and a store marked
-    ``complete`` has a checksum for every chunk.
+    the shape, dtype, chunks and shards those imply (:func:`array_specs`); and a store
+    marked ``complete`` has a checksum for every chunk. Returns the (n_chunks, 32)
+    checksums when it read them (complete stores), else None.
     """
     attrs = dict(group.attrs)
 
@@ -404,8 +639,8 @@ def check_structure(path: Path, group: zarr.Group) -> None:
         except SettingsError as exc:
             raise damaged(f"attribute 'settings': {exc}") from None
     specs = array_specs(attrs["n"], attrs["height"], attrs["width"], attrs["channels"],
-                        attrs["chunk_size"])
-    for name, (shape, dtype, chunks, _) in specs.items():
+                        attrs["chunk_size"], attrs["shard_chunks"])
+    for name, spec in specs.items():
         try:
             array = group[name]
         except KeyError:
@@ -415,23 +650,29 @@ def check_structure(path: Path, group: zarr.Group) -> None:
         if not isinstance(array, zarr.Array):
             raise damaged(f"{name!r} is not an array")
         found = {"shape": tuple(array.shape), "dtype": str(array.dtype),
-                 "chunks": tuple(array.chunks)}
-        for what, expected in (("shape", shape), ("dtype", dtype), ("chunks", chunks)):
-            if found[what] != expected:
+                 "chunks": tuple(array.chunks),
+                 "shards": None if array.shards is None else tuple(array.shards)}
+        expected = spec._asdict()
+        for what in ("shape", "dtype", "chunks", "shards"):
+            if found[what] != expected[what]:
                 raise damaged(
                     f"array {name!r} has {what} {found[what]}, the attributes (n, "
-                    f"chunk_size, height, width, channels) imply {expected}")
-    if attrs.get("complete", False):
-        written = _written_chunks(path, group)
-        if not written.all():
-            missing = np.flatnonzero(~written)
-            raise damaged(f"marked complete but {missing.size} of {written.size} chunks "
-                          f"have no checksum (first: chunk {missing[0]})")
+                    f"chunk_size, shard_chunks, height, width, channels) imply "
+                    f"{expected[what]}")
+    if not attrs.get("complete", False):
+        return None
+    checksums = _read_checksums(path, group)
+    written = checksums.any(axis=1)
+    if not written.all():
+        missing = np.flatnonzero(~written)
+        raise damaged(f"marked complete but {missing.size} of {written.size} chunks "
+                      f"have no checksum (first: chunk {missing[0]})")
+    return checksums
 
 
-def _written_chunks(path: Path, group: zarr.Group) -> np.ndarray:
+def _read_checksums(path: Path | str, group: zarr.Group) -> np.ndarray:
     try:
-        return group["checksums"][:].any(axis=1)
+        return np.asarray(group["checksums"][:], dtype=np.uint8)
     except Exception as exc:  # zarr/numcodecs raise many types for damaged chunks
         raise StoreDamaged(
             f"{path}: damaged store: the checksums array is unreadable ({exc})") from exc
@@ -442,11 +683,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     written = summary["examples_written"]
     lines = {
         "store": summary["path"],
+        "format": f"{FORMAT} version {summary['format_version']}",
         "complete": "yes" if summary["complete"] else
         f"no ({summary['chunks_written']} of {summary['chunks']} chunks written)",
         "examples": f"{summary['n']} of {'x'.join(map(str, summary['shape']))} uint8, "
                     f"{summary['chunks']} chunk{'s' * (summary['chunks'] != 1)} of "
-                    f"{summary['chunk_size']}",
+                    f"{summary['chunk_size']} in {summary['shards']} "
+                    f"shard{'s' * (summary['shards'] != 1)} of {summary['shard_chunks']}",
         "preset": summary["preset"],
         "seed": summary["seed"],
         "source": summary["source"],
@@ -465,17 +708,19 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(f"{key + ':':<{width + 1}} {value}" for key, value in lines.items())
 
 
-def verify_store(path: str | Path, *, progress: bool = False) -> int:
+def verify_store(path: str | Path | Location, *, progress: bool = False) -> int:
     """Re-check every chunk of the store at ``path``; return how many were checked.
 
+    Reads the checksums once and each shard of each array once (linear in the store).
     Raises :class:`~nsa.errors.CheckFailed` (exit 1) naming every missing, unreadable or
     corrupted chunk by index, or the store's first structural damage. An incomplete store
     whose written chunks are intact raises CheckFailed saying so (``--resume`` finishes
-    it). A missing or non-store ``path`` raises
+    it). A missing or non-store ``path``, or one of another format version, raises
     :class:`StoreError` (exit 2).
     """
     try:
         store = open_store(path, allow_incomplete=True)
+        written = store.written_chunks()
     except StoreDamaged as exc:
         raise CheckFailed(str(exc)) from None
     bad: list[str] = []
@@ -483,22 +728,20 @@ def verify_store(path: str | Path, *, progress: bool = False) -> int:
     bar.disable = not progress
     bar.start()
     task = bar.add_task("verifying", total=store.n_chunks)
-    unwritten = 0
     try:
-        written = store.written_chunks()  # once: one file per chunk
-        for index in range(store.n_chunks):
-            if not store.complete and not written[index]:
-                unwritten += 1  # not yet generated: --resume makes it, nothing is damaged
-            else:
-                problem = store.chunk_problem(index, bool(written[index]))
-                if problem:
-                    bad.append(f"chunk {index} {problem}")
-            bar.advance(task)
+        for shard in range(store.n_shards):
+            chunks = store.shard_chunk_range(shard)
+            todo = [c for c in chunks if written[c]]  # the rest: not generated yet
+            if todo:
+                problems = store.chunk_problems(shard, todo)
+                bad.extend(f"chunk {c} {problems[c]}" for c in todo if c in problems)
+            bar.advance(task, len(chunks))
     finally:
         bar.stop()
     if bad:
         shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise CheckFailed(f"{store.path}: {len(bad)} of {store.n_chunks} chunks bad: {shown}")
+    unwritten = int((~written).sum())
     if unwritten:
         raise CheckFailed(
             f"{store.path}: incomplete, not damaged: {store.n_chunks - unwritten} of "

@@ -13,6 +13,7 @@ A config reads top to bottom like the job it describes::
     n = 8000                        # or "paper", or n_by_category = { zipper = 76800, ... }
     size = 128
     set = { mode = "swap" }         # --set mode=swap
+    stores = "s3://bucket/nsa"      # optional: stores go to STORES/<category>/seed<k>.zarr
 
     [train]                         # nsa-train options
     epochs = 1
@@ -57,6 +58,7 @@ from nsa.train.trainer import TrainConfig, check_config
 from pydantic import AliasChoices, BaseModel, Field, PlainValidator, ValidationError
 
 from nsa.errors import UserError, os_error
+from nsa.locations import parse_location
 
 SOURCE_KINDS = tuple(DATASETS)
 DEVICES = ("auto", "cpu", "cuda")
@@ -98,6 +100,9 @@ class GenerateOptions(_Table):
     chunk_size: PositiveInt = DEFAULT_CHUNK_SIZE
     set: dict[str, Any] = Field(default_factory=dict,
                                 validation_alias=AliasChoices("set", "overrides"))
+    #: Where the stores go, a folder or an s3:// URL: STORES/<category>/seed<k>.zarr
+    #: (default: shards.zarr in each job's folder).
+    stores: str | None = None
 
 
 class TrainOptions(_Table):
@@ -159,6 +164,8 @@ class Job:
     category: str
     seed: int
     directory: Path
+    #: The job's store: a path, or an s3:// URL.
+    store: Path | str
 
     @property
     def name(self) -> str:
@@ -189,10 +196,19 @@ class PipelineConfig:
     def jobs(self) -> list[Job]:
         """Every (category, seed) job, category-major so a category finishes early."""
         return [
-            Job(category, seed, self.out / category / f"seed{seed}")
+            Job(category, seed, self.out / category / f"seed{seed}",
+                self._store(category, seed))
             for category in self.categories
             for seed in self.seeds
         ]
+
+    def _store(self, category: str, seed: int) -> Path | str:
+        stores = self.generate.stores
+        if stores is None:
+            return self.out / category / f"seed{seed}" / "shards.zarr"
+        if stores.startswith("s3://"):
+            return f"{stores.rstrip('/')}/{category}/seed{seed}.zarr"
+        return Path(stores) / category / f"seed{seed}.zarr"
 
     def n_for(self, category: str) -> int:
         """The number of examples to generate for ``category`` (checked at load); for
@@ -399,6 +415,11 @@ def check_inputs(config: PipelineConfig) -> None:
     Raises :class:`ConfigError` naming the key; a category folder or list file whose
     content is unusable is found when its job starts, and fails that job only.
     """
+    if config.generate.stores is not None:  # an object store: credentials, bucket, server
+        try:
+            parse_location(config.jobs()[0].store).check()
+        except UserError as exc:
+            raise ConfigError(f"{config.path}: [generate] stores: {exc}") from None
     try:
         config.source.check_inputs()
     except UserError as exc:

@@ -1,7 +1,8 @@
 """The three stages of one job, each skipped when it is done and its outputs are whole.
 
-A job's folder holds ``shards.zarr`` (nsa-gen), ``run/`` (nsa-train), ``eval/`` (nsa-eval)
-and one marker per stage (see :mod:`nsa.pipelines.markers`). Each stage's hash holds
+A job's folder holds ``shards.zarr`` (nsa-gen; or the store is under ``[generate] stores``,
+a folder or an ``s3://`` URL), ``run/`` (nsa-train), ``eval/`` (nsa-eval) and one marker
+per stage (see :mod:`nsa.pipelines.markers`). Each stage's hash holds
 exactly what changes that stage's outputs, and the hash of the stage it reads from:
 
 - generate: the training images (source kind, root, the category's own entries), the
@@ -67,8 +68,8 @@ class JobPlan:
     hashes: dict[str, str]
 
     @property
-    def store(self) -> Path:
-        return self.job.directory / "shards.zarr"
+    def store(self) -> Path | str:
+        return self.job.store
 
     @property
     def run(self) -> Path:
@@ -107,7 +108,7 @@ def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
                    {"generate": gen_hash, "train": train_hash, "evaluate": eval_hash})
 
 
-def store_complete(store: Path) -> bool:
+def store_complete(store: Path | str) -> bool:
     """Whether ``store`` opens as a complete NSA store."""
     try:
         open_store(store)

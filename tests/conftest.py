@@ -5,16 +5,30 @@
 - ``mvtec_root``: a tiny MVTec AD-layout tree, built once per session.
 - ``local_ray``: one local Ray with 2 CPUs for the tests that use it; code under test
   that enters :func:`nsa.ray_session.ray_session` reuses it instead of starting its own.
+- ``s3_server``: moto's standalone S3 server (``moto_server``, the way s3fs tests itself)
+  on 127.0.0.1 for the session; ``s3_bucket``: a new bucket on it, with
+  ``AWS_ENDPOINT_URL`` pointing there for the test. Fake credentials are in the
+  environment from the start of the session (so Ray workers started by any test have
+  them), and no real ones.
 """
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+#: Environment variables through which botocore could find real AWS settings.
+_AWS_VARIABLES = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                  "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
 #: The category of the fixture tree; a real MVTec name so its preset applies.
 MVTEC_CATEGORY = "bottle"
@@ -29,6 +43,12 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HOME", str(home))
         patch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+        for name in _AWS_VARIABLES:
+            patch.delenv(name, raising=False)
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")  # moto accepts any key
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a cloud for a role
         yield home
 
 
@@ -86,3 +106,44 @@ def local_ray() -> Iterator[None]:
 
     with ray_session(None, num_cpus=2):
         yield
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 at a free port for the session; yields its endpoint."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "moto_server exited"
+                assert time.monotonic() < deadline, "moto_server did not start in 60 s"
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on ``s3_server``, as ``s3://NAME``; ``AWS_ENDPOINT_URL`` points
+    at the server for the test."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    name = f"nsa-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"

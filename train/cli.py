@@ -29,10 +29,11 @@ def _default(name: str) -> str:
 
 @app.command("train")
 def main(
-    shards: list[Path] = typer.Option(
-        None, "--shards", help="Store(s) to train on: --shards A B C (or repeat --shards).",
+    shards: list[str] = typer.Option(
+        None, "--shards",
+        help="Store(s) to train on (folders or s3:// URLs): --shards A B C (or repeat --shards).",
     ),
-    more_shards: list[Path] = typer.Argument(None, hidden=True, metavar="[STORE]..."),
+    more_shards: list[str] = typer.Argument(None, hidden=True, metavar="[STORE]..."),
     out: Path = typer.Option(
         None, show_default="runs/<store name>",
         help="New run directory (default: runs/ and the store's name without .zarr; with "

@@ -16,6 +16,10 @@ Why it is built this way:
   ``numpy`` Generator seeded with ``(seed, epoch, j, k)``, so skipping does not shift them.
 - Errors met in a worker (a damaged chunk) travel as ``{"error": message}`` items rather
   than exceptions, so the trainer can stop with one line naming the store and chunk.
+- Each stream reads its chunks, in the order it will use them, up to
+  ``PREFETCH_CHUNKS`` ahead in ``PREFETCH_THREADS`` background threads, so that fetching
+  (an S3 GET per array and chunk) overlaps with decoding and augmenting; the chunks and
+  batches are the same as without.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 from nsa.generate.presets import MODEL_STRIDE
-from nsa.generate.shards import Store, StoreError, open_store
+from nsa.generate.shards import ChunkData, Store, StoreError, open_store
 from nsa.train.augment import AugmentSpec, apply_augment
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from nsa.locations import parse_location
 
 # Domain tags keep the generators of different purposes apart for the same seed.
 _CHUNK_ORDER, _WINDOW_ORDER, _AUGMENT = 0, 1, 2
@@ -41,6 +49,9 @@ _CHUNK_ORDER, _WINDOW_ORDER, _AUGMENT = 0, 1, 2
 PREFETCH = 4
 #: Where torch puts the tensors loader processes hand over.
 SHARED_MEMORY = "/dev/shm"
+#: Chunks each stream reads ahead of the one it decodes, and the threads that read them.
+PREFETCH_CHUNKS = 4
+PREFETCH_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -82,15 +93,12 @@ _CONTENT_ATTRS = ("n", "chunk_size", "height", "width", "channels", "seed", "pre
 def store_fingerprint(store: Store) -> str:
     """SHA-256 (hex) of what a store holds: its settings, seed, source files (with their
     hashes) and the SHA-256 of every chunk. Two stores with the same fingerprint hold the
-    same examples; reading it costs one small array, not the data."""
+    same examples; reading it costs one small array, not the data (and nothing more than
+    opening the store did). Raises :class:`StoreError` when the checksums are unreadable."""
     digest = hashlib.sha256()
     content = {name: store.attrs.get(name) for name in _CONTENT_ATTRS}
     digest.update(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
-    try:
-        checksums = np.asarray(store.group["checksums"][:], dtype=np.uint8)
-    except Exception as exc:  # zarr/numcodecs raise many types for a damaged array
-        raise StoreError(f"{store.path}: chunk checksums unreadable ({exc})") from exc
-    digest.update(np.ascontiguousarray(checksums).tobytes())
+    digest.update(np.ascontiguousarray(store.checksums()).tobytes())  # read when opened
     return digest.hexdigest()
 
 
@@ -104,16 +112,18 @@ def open_training_stores(paths: Sequence[str | Path]) -> list[StoreInfo]:
     if not paths:
         raise StoreError("no stores given (--shards)")
     infos: list[StoreInfo] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for path in paths:
-        resolved = Path(path).resolve()
-        if resolved in seen:
+        location = parse_location(path)
+        if location.key() in seen:
             raise StoreError(f"{path}: store given twice")
-        seen.add(resolved)
-        store = open_store(path)
+        seen.add(location.key())
+        store = open_store(location)
         settings = dict(store.attrs.get("settings") or {})
+        shown = location.shown
         infos.append(StoreInfo(
-            path=str(resolved), n=store.n, chunk_size=store.chunk_size,
+            path=str(shown.resolve() if isinstance(shown, Path) else shown),
+            n=store.n, chunk_size=store.chunk_size,
             height=store.height, width=store.width, channels=store.channels,
             seed=store.attrs.get("seed"), preset=store.attrs.get("preset"),
             settings=settings,
@@ -263,14 +273,34 @@ class ShardStream(IterableDataset):
         g = self.shuffle_chunks
         return [chunks[i:i + g] for i in range(0, len(chunks), g)]
 
+    def _read_ahead(self, chunks: list[tuple[int, int]]) -> Iterator[ChunkData]:
+        """The chunks ``(store, chunk)`` in order, read and checked up to
+        ``PREFETCH_CHUNKS`` ahead in background threads (a StoreError comes out in turn)."""
+        for s, _ in chunks:
+            self._store(s)  # open in this thread: the threads only read
+        todo = iter(chunks)
+        ahead: deque[Future[ChunkData]] = deque()
+        with ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="nsa-read") as pool:
+            try:
+                for s, c in todo:
+                    ahead.append(pool.submit(self._open[s].read_chunk, c, verify=True))
+                    if len(ahead) > PREFETCH_CHUNKS:
+                        yield ahead.popleft().result()
+                while ahead:
+                    yield ahead.popleft().result()
+            finally:
+                for future in ahead:
+                    future.cancel()
+
     def _load_window(
-        self, window: list[tuple[int, int]], stream: int, index: int
+        self, window: list[tuple[int, int]], stream: int, index: int,
+        reader: Iterator[ChunkData],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Decode a window's chunks; return (stacked uint8 (n, C+1, H, W), store index
-        per example), both in the window's shuffled order."""
+        """Decode a window's chunks, taken in turn from ``reader``; return (stacked uint8
+        (n, C+1, H, W), store index per example), both in the window's shuffled order."""
         parts, owners = [], []
-        for s, c in window:
-            data = self._store(s).read_chunk(c, verify=True)
+        for s, _ in window:
+            data = next(reader)
             parts.append(np.concatenate([data.images, data.masks], axis=-1))
             owners.append(np.full(len(data.images), s, dtype=np.int64))
         stacked = np.concatenate(parts).transpose(0, 3, 1, 2)
@@ -288,6 +318,11 @@ class ShardStream(IterableDataset):
         starts = np.concatenate([[0], np.cumsum(sizes)])
         b = self.batch_size
         loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Windows are loaded in order from the one holding batch `skip` on, never twice.
+        first_window = int(np.searchsorted(starts, skip * b, side="right")) - 1
+        last_window = int(np.searchsorted(starts, n_batches * b, side="left")) - 1
+        reader = self._read_ahead([chunk for window in windows[first_window:last_window + 1]
+                                   for chunk in window])
         for k in range(skip, n_batches):
             lo, hi = k * b, (k + 1) * b
             first = int(np.searchsorted(starts, lo, side="right")) - 1
@@ -298,7 +333,7 @@ class ShardStream(IterableDataset):
             pieces, owners = [], []
             for w in range(first, last + 1):
                 if w not in loaded:
-                    loaded[w] = self._load_window(windows[w], stream, w)
+                    loaded[w] = self._load_window(windows[w], stream, w, reader)
                 stacked, owner = loaded[w]
                 a, z = max(lo, starts[w]) - starts[w], min(hi, starts[w + 1]) - starts[w]
                 pieces.append(stacked[a:z])

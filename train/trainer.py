@@ -43,6 +43,7 @@ from torch import nn
 
 import nsa
 from nsa.errors import CheckFailed, OutputError, UserError, writing
+from nsa.locations import is_url
 from nsa.progress import progress_bar
 from nsa.versions import package_versions
 
@@ -257,7 +258,7 @@ def resume_config(config: TrainConfig, given: Collection[str] | None) -> tuple[P
                             f"{run_dir} in place")
         value, before = getattr(config, name), getattr(recorded, name)
         if name == "shards":
-            value = [str(Path(p).resolve()) for p in value]
+            value = [p if is_url(p) else str(Path(p).resolve()) for p in value]
         if value != before:
             shown = " ".join(value) if name == "shards" else value
             was = " ".join(before) if name == "shards" else before

@@ -311,6 +311,17 @@ def test_info_and_verify_name_a_damaged_store_in_one_line(cli_store, tmp_path, c
                                      "array 'checksums' is missing")
 
 
+@pytest.mark.parametrize("command", ["info", "verify"])
+def test_info_and_verify_refuse_a_store_of_another_format_version_in_one_line(
+        cli_store, tmp_path, command):
+    old = tmp_path / "v1.zarr"
+    shutil.copytree(cli_store, old)
+    zarr.open_group(str(old), mode="r+").attrs["format_version"] = 1
+    result = _run(command, old)
+    _assert_one_line_error(result, str(old), "store format version 1", "reads version 2",
+                           "regenerate")
+
+
 @contextlib.contextmanager
 def _http_server() -> Iterator[int]:
     """A plain HTTP/1 server on a free local port (a service that is not Ray)."""

@@ -1,4 +1,4 @@
-"""generate_store: Ray tasks writing whole chunks, reproducibly, resumably, with provenance."""
+"""generate_store: Ray tasks writing whole shards, reproducibly, resumably, with provenance."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+import zarr
 from nsa.generate import shards
-from nsa.generate.generation import generate_store, write_chunk
+from nsa.generate.generation import generate_store, write_shard
 from nsa.generate.images import load_images
 from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import folder_source, mvtec_source
@@ -136,19 +137,51 @@ def test_overwrite_refuses_a_directory_that_is_not_a_store(source, tmp_path):
     assert (tmp_path / "precious" / "thesis.tex").exists()
 
 
+def test_a_store_of_the_old_format_is_refused_by_resume_and_replaced_by_overwrite(
+        source, reference, local_ray, tmp_path):
+    old = tmp_path / "old.zarr"
+    shutil.copytree(reference, old)
+    zarr.open_group(str(old), mode="r+").attrs["format_version"] = 1
+    with pytest.raises(shards.StoreVersionError, match=r"format version 1.*regenerate"):
+        _generate(source, old, resume=True)
+    _generate(source, old, overwrite=True)
+    for name, array in _arrays(old).items():
+        assert np.array_equal(array, _arrays(reference)[name]), name
+
+
 def test_zero_examples_is_refused_before_anything_is_written(source, tmp_path):
     with pytest.raises(UserError, match="--n must be at least 1"):
         _generate(source, tmp_path / "z.zarr", n=0)
     assert not (tmp_path / "z.zarr").exists()
 
 
-def test_write_chunk_in_process_matches_the_ray_task_output(source, reference, tmp_path):
+def test_write_shard_in_process_matches_the_ray_task_output(source, reference, tmp_path):
     settings = resolve_settings("bottle", {"size": SIZE})
     sources = prepare_sources(load_images(source.files, SIZE), settings)
     ref = shards.open_store(reference)
     out = tmp_path / "p.zarr"
     shards.create_store(out, n=N, height=SIZE, width=SIZE, channels=3, chunk_size=CHUNK,
                         attrs={})
-    assert write_chunk(out, sources, settings, 0, 2) == N - 2 * CHUNK
+    assert write_shard(out, sources, settings, 0, 2) == N - 2 * CHUNK
     written = shards.open_store(out, allow_incomplete=True).read_chunk(2)
     assert np.array_equal(written.checksum(), ref.read_chunk(2).checksum())
+
+
+def test_shards_of_several_chunks_hold_the_same_examples_and_resume_whole(
+        source, reference, local_ray, tmp_path):
+    # 64 chunks of 1: the default layout puts 2 chunks in each of 32 shards
+    out = _generate(source, tmp_path / "s.zarr", n=64, chunk_size=1, workers=2)
+    store = shards.open_store(out)
+    assert (store.shard_chunks, store.n_shards) == (2, 32)
+    arrays, expected = _arrays(out), _arrays(reference)
+    for name in shards.EXAMPLE_ARRAYS:  # same examples as in chunks of 8, shards of 1
+        assert np.array_equal(arrays[name][:N], expected[name]), name
+    assert all(np.array_equal(arrays["checksums"][i], store.read_chunk(i).checksum())
+               for i in range(64))
+    writable = shards.open_store(out, mode="r+")
+    writable.group.attrs["complete"] = False
+    writable.array("checksums")[5] = np.zeros(32, np.uint8)  # shard 2 unfinished
+    writable.array("images")[4] = 0  # its other chunk, checksummed, damaged all the same
+    _generate(source, out, n=64, chunk_size=1, resume=True)
+    for name, array in _arrays(out).items():
+        assert np.array_equal(array, arrays[name]), name

@@ -1,14 +1,18 @@
-"""The shard store format: chunk round trips, completeness, checksums, verify, summary."""
+"""The shard store format: chunk and shard round trips, completeness, checksums, verify,
+summary, format version, and what opening, info and verify read."""
 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
 import zarr
 from nsa.generate import shards
 from nsa.generate.presets import resolve_settings
+from nsa.train.data import open_training_stores
+from zarr.storage import LocalStore
 
 from nsa.errors import CheckFailed
 
@@ -165,3 +169,140 @@ def test_a_store_with_all_its_checksums_may_be_marked_complete(tmp_path):
     store = _store(tmp_path)
     store.mark_complete()
     assert shards.open_store(store.path).complete
+
+
+# Format version 2: shards of several chunks
+
+
+def _sharded(tmp_path, n=10, chunk=2, shard_chunks=2, complete=True,
+             side=SIDE) -> shards.Store:
+    """A store of ``n`` examples in chunks of ``chunk``, ``shard_chunks`` chunks a shard,
+    every shard written whole; example ``i`` has grey level ``i``."""
+    path = tmp_path / "sharded.zarr"
+    shards.create_store(path, n=n, height=side, width=side, channels=1, chunk_size=chunk,
+                        shard_chunks=shard_chunks,
+                        attrs={"preset": "elpv", "seed": 3, "reasons": ["", "no-change"],
+                               "source": {"kind": "folder", "description": "d", "files": []}})
+    store = shards.open_store(path, allow_incomplete=True, mode="r+")
+    for shard in range(store.n_shards):
+        rows = store.shard_slice(shard)
+        m = rows.stop - rows.start
+        store.write_shard(shard, shards.ChunkData(
+            images=np.arange(rows.start, rows.stop, dtype=np.uint8)[:, None, None, None]
+            * np.ones((1, side, side, 1), np.uint8),
+            masks=np.zeros((m, side, side, 1), np.uint8), labels=np.ones(m, np.uint8),
+            dest_index=np.zeros(m, np.int32), source_index=np.zeros(m, np.int32),
+            boxes=np.full((m, shards.MAX_PATCHES, 4), -1, np.int16),
+            reason=np.zeros(m, np.uint8)))
+    if complete:
+        store.mark_complete()
+    return store
+
+
+def test_write_shard_stores_per_chunk_checksums_and_one_file_per_shard_and_array(tmp_path):
+    store = _sharded(tmp_path)  # 5 chunks of 2 in shards of 2, 2 and 1 chunks
+    assert (store.n_chunks, store.n_shards) == (5, 3)
+    assert store.read_chunk(3).images[:, 0, 0, 0].tolist() == [6, 7]
+    assert store.read_chunk(4).images[:, 0, 0, 0].tolist() == [8, 9]
+    for index in range(5):
+        assert np.array_equal(store.checksums()[index], store.read_chunk(index).checksum())
+    files = sorted(str(f.relative_to(store.path)) for f in store.path.rglob("*") if f.is_file())
+    data_files = [f for f in files if not f.endswith("zarr.json")]
+    assert len(files) - len(data_files) == 9  # the group's and 8 arrays' metadata
+    assert sorted(data_files) == sorted(
+        f"{name}/c/{s}" + "/0" * (len(shards.array_specs(10, SIDE, SIDE, 1, 2, 2)[name].shape) - 1)
+        for name in (*shards.EXAMPLE_ARRAYS, "checksums") for s in range(3))
+    assert shards.verify_store(store.path) == 5
+
+
+def test_write_shard_refuses_data_of_another_size(tmp_path):
+    store = _sharded(tmp_path, complete=False)
+    data = store.read_shard(0)
+    with pytest.raises(ValueError, match="shard 2 holds 2 examples, not 4"):
+        store.write_shard(2, data)
+
+
+def test_written_shards_need_every_chunk_checksummed(tmp_path):
+    store = _sharded(tmp_path, complete=False)
+    store.array("checksums")[3] = np.zeros(32, np.uint8)
+    assert store.written_shards().tolist() == [True, False, True]
+
+
+def test_verify_names_the_corrupted_chunk_inside_a_shard_not_its_neighbour(tmp_path):
+    store = _sharded(tmp_path)
+    shard_file = store.path / "images" / "c" / "1" / "0" / "0" / "0"  # chunks 2 and 3
+    data = bytearray(shard_file.read_bytes())
+    # the shard index ends the file: (offset, length) uint64 per chunk, then a CRC32C
+    offset, length = np.frombuffer(bytes(data[-36:-4]), "<u8").reshape(2, 2)[1]
+    data[offset + length // 2: offset + length] = bytes(length - length // 2)  # chunk 3
+    shard_file.write_bytes(bytes(data))
+    with pytest.raises(CheckFailed, match=r"1 of 5 chunks bad: chunk 3 (is unreadable|does "
+                                          r"not match)") as raised:
+        shards.verify_store(store.path)
+    assert "chunk 2" not in str(raised.value)
+
+
+def test_a_store_of_another_format_version_is_refused_in_one_line(tmp_path):
+    store = _store(tmp_path)
+    _edit_attrs(store, format_version=1)
+    for read in (lambda: shards.open_store(store.path, allow_incomplete=True),
+                 lambda: shards.verify_store(store.path)):
+        with pytest.raises(shards.StoreVersionError) as raised:
+            read()
+        assert str(raised.value) == (
+            f"{store.path}: store format version 1, this nsa-pipeline reads version 2 only; "
+            "regenerate the store with the nsa-gen command that made it and --overwrite "
+            "(the same seed gives the same examples)")
+    _edit_attrs(store, format_version=3)
+    with pytest.raises(shards.StoreVersionError, match=r"version 3, .* the nsa-pipeline that "
+                                                        r"made it"):
+        shards.open_store(store.path, allow_incomplete=True)
+
+
+def test_default_shards_hold_up_to_16_chunks_and_keep_32_shards_and_128_mib():
+    assert shards.default_shard_chunks(256, 64, 256, 256, 1) == 1  # small: every worker
+    assert shards.default_shard_chunks(16_000, 64, 128, 128, 1) == 7  # 36 shards
+    assert shards.default_shard_chunks(200_000, 64, 128, 128, 1) == 16
+    assert shards.default_shard_chunks(200_000, 64, 256, 256, 3) == 8  # 16 MiB a chunk
+
+
+def _count_reads(monkeypatch) -> Counter:
+    """Count zarr's reads of each key of local stores (the real reads still happen)."""
+    reads: Counter = Counter()
+    real_get = LocalStore.get
+
+    async def get(self, key, prototype=None, byte_range=None):
+        reads[key] += 1
+        return await real_get(self, key, prototype, byte_range)
+
+    monkeypatch.setattr(LocalStore, "get", get)
+    return reads
+
+
+def _data_reads(reads: Counter, *names: str) -> dict[str, int]:
+    return {key: count for key, count in reads.items()
+            if key.split("/")[0] in names and not key.endswith("zarr.json")}
+
+
+def test_verify_reads_every_shard_file_once(tmp_path, monkeypatch):
+    store = _sharded(tmp_path, n=12, chunk=2, shard_chunks=3)  # 6 chunks, 2 whole shards
+    reads = _count_reads(monkeypatch)
+    assert shards.verify_store(store.path) == 6
+    expected = {f"{name}/c/{s}" + "/0" * (len(spec.shape) - 1): 1
+                for name, spec in shards.array_specs(12, SIDE, SIDE, 1, 2, 3).items()
+                for s in range(2)}
+    assert _data_reads(reads, *shards.EXAMPLE_ARRAYS, "checksums") == expected
+
+
+def test_opening_for_training_and_info_read_no_images_and_the_checksums_once(
+        tmp_path, monkeypatch):
+    store = _sharded(tmp_path, n=12, chunk=2, shard_chunks=3, side=32)
+    _edit_attrs(store, settings=resolve_settings("elpv"))
+    reads = _count_reads(monkeypatch)
+    open_training_stores([store.path])
+    assert _data_reads(reads, *shards.EXAMPLE_ARRAYS, "checksums") == {
+        "checksums/c/0/0": 1, "checksums/c/1/0": 1}
+    reads.clear()
+    shards.open_store(store.path).summary()
+    assert _data_reads(reads, "images", "masks", "boxes", "dest_index", "source_index") == {}
+    assert set(_data_reads(reads, "checksums").values()) == {1}

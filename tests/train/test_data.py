@@ -155,3 +155,35 @@ def test_the_fingerprint_changes_with_the_examples_only(tmp_path, make_store):
     other = make_store(tmp_path / "other.zarr", n=16, seed=1)
     prints = [info.fingerprint for info in open_training_stores([a, same, other])]
     assert prints[0] == prints[1] != prints[2] and len(prints[0]) == 64
+
+
+def test_chunks_are_read_ahead_in_order_and_at_most_prefetch_chunks_ahead(tiny_store,
+                                                                          monkeypatch):
+    import threading
+    import time
+
+    from nsa.generate.shards import Store
+    from nsa.train import data
+
+    started: list[int] = []
+    real = Store.read_chunk
+
+    def counted(self, index, verify=True):
+        started.append(index)
+        return real(self, index, verify)
+
+    monkeypatch.setattr(Store, "read_chunk", counted)
+    dataset = _stream([tiny_store])
+    order = [(0, c) for c in (5, 1, 7, 2, 0, 6, 3, 4)]
+    reader = dataset._read_ahead(order)
+    first = next(reader)
+    deadline = time.monotonic() + 5
+    while len(started) < data.PREFETCH_CHUNKS + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert sorted(started) == sorted(c for _, c in order[:data.PREFETCH_CHUNKS + 1])
+    assert threading.active_count() > 1  # the reads ran beside this thread
+    rest = [first, *reader]
+    store = open_store(tiny_store)
+    assert all((got.images == store.read_chunk(c).images).all()
+               for got, (_, c) in zip(rest, order, strict=True))

@@ -1,0 +1,166 @@
+"""Stores on an S3 server (moto's, on 127.0.0.1): written by 2 Ray workers, killed with
+-9 and resumed byte for byte as a local store of the same seed, verified, trained on, and
+the stores of a pipeline."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nsa.generate import shards
+from nsa.generate.generation import generate_store
+from nsa.generate.sources import mvtec_source
+from nsa.pipelines.config import load_config
+from nsa.pipelines.runner import run_pipeline
+from nsa.train.checkpoint import CONFIG_FILE, MODEL_FILE
+from nsa.train.trainer import TrainConfig, train
+
+from nsa.locations import parse_location
+
+BIN = Path(sys.executable).parent
+CATEGORY = "bottle"
+#: 64 px examples that the model can take whole.
+AUGMENT = {"rotate": 5, "center_crop": 64, "crop": 64}
+
+
+def _written(url: str) -> int:
+    """Chunks with a checksum (one listing: the checksum objects of the chunks written)."""
+    return sum(key.startswith("checksums/c/") for key in parse_location(url).list_keys())
+
+
+def test_an_s3_store_by_2_ray_workers_killed_and_resumed_equals_a_local_one_and_trains(
+        mvtec_root, local_ray, s3_bucket, tmp_path):
+    n, chunk = 96, 4
+    url = f"{s3_bucket}/runs/killed.zarr"
+    command = [str(BIN / "nsa-gen"), "mvtec", "--root", str(mvtec_root), "--category",
+               CATEGORY, "--n", str(n), "--out", url, "--size", "64", "--chunk-size",
+               str(chunk), "--set", f"augment={json.dumps(AUGMENT)}", "--workers", "2",
+               "--quiet"]
+    driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _written(url) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # its Ray
+        for leftover in Path("/tmp").glob(f"nsa-ray-{driver.pid}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    assert 2 <= _written(url) < n // chunk // 2, "not killed half-way"
+    try:
+        shards.open_store(url)
+        raise AssertionError("a killed store opened as complete")
+    except shards.StoreError as exc:
+        assert "incomplete" in str(exc)
+
+    source = mvtec_source(mvtec_root, CATEGORY)
+    options = {"n": n, "size": 64, "chunk_size": chunk, "overrides": {"augment": AUGMENT},
+               "workers": 2, "progress": False}
+    # the killed driver's lock names a dead pid on this host: taken over at once
+    assert generate_store(source, url, resume=True, **options) == url
+    local = tmp_path / "whole.zarr"
+    generate_store(source, local, **options)
+
+    location = parse_location(url)
+    files = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
+    assert location.list_keys() == files
+    fs = location.filesystem()
+    for key in files:
+        if key != "zarr.json":  # the group's attributes hold the time of creation
+            assert fs.cat_file(f"{location.fs_path}/{key}") == (local / key).read_bytes(), key
+    s3_attrs = dict(shards.open_store(url).attrs)
+    local_attrs = dict(shards.open_store(local).attrs)
+    for attrs in (s3_attrs, local_attrs):
+        attrs.pop("created")
+    assert s3_attrs == local_attrs and s3_attrs["complete"] is True
+    assert shards.verify_store(url) == n // chunk
+    assert not fs.exists(f"{location.fs_path.rpartition('/')[0]}/.killed.zarr.lock")
+
+    run = train(TrainConfig(shards=[url], out=str(tmp_path / "run"), steps=2, batch_size=8,
+                            device="cpu", loader_workers=0, progress=False, predictions=1))
+    assert (run / MODEL_FILE).is_file()
+    recorded = json.loads((run / CONFIG_FILE).read_text())
+    assert [s["path"] for s in recorded["stores"]] == [url]
+
+
+def test_a_pipeline_keeps_its_stores_on_s3(mvtec_root, local_ray, s3_bucket, tmp_path):
+    category = mvtec_root / CATEGORY
+    config = tmp_path / "widget.toml"
+    config.write_text(f"""
+out = "{tmp_path / 'out'}"
+seeds = [0]
+
+[source]
+kind = "folder"
+root = "{category / 'train' / 'good'}"
+name = "widget"
+test_good = "{category / 'test' / 'good'}"
+test_defects = ["{category / 'test' / 'broken_large'}"]
+test_masks = "{category / 'ground_truth' / 'broken_large'}"
+
+[generate]
+preset = "bottle"
+n = 32
+size = 64
+chunk_size = 16
+workers = 2
+stores = "{s3_bucket}/nsa"
+overrides = {{ augment = {{ rotate = 5, center_crop = 64, crop = 64 }} }}
+
+[train]
+steps = 2
+batch_size = 8
+device = "cpu"
+loader_workers = 0
+
+[evaluate]
+max_pictures = 1
+""")
+    (first,) = run_pipeline(load_config(config), progress=False)
+    assert first.error is None and first.ran == ["generate", "train", "evaluate"]
+    url = f"{s3_bucket}/nsa/widget/seed0.zarr"
+    assert shards.open_store(url).complete
+    job = tmp_path / "out" / "widget" / "seed0"
+    assert not (job / "shards.zarr").exists() and (job / "eval" / "metrics.json").is_file()
+    (second,) = run_pipeline(load_config(config), progress=False)
+    assert second.ran == []  # the store on S3 is found complete
+    parse_location(url).remove()  # gone from the object store: made again, and what follows
+    (third,) = run_pipeline(load_config(config), progress=False)
+    assert third.ran == ["generate", "train", "evaluate"] and shards.open_store(url).complete
+
+
+def test_a_pipeline_whose_stores_bucket_is_missing_stops_before_any_job(mvtec_root, s3_server,
+                                                                        tmp_path, monkeypatch):
+    import pytest
+    from nsa.pipelines.config import ConfigError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    config = tmp_path / "c.toml"
+    config.write_text(f"""
+out = "{tmp_path / 'out'}"
+[source]
+kind = "mvtec"
+root = "{mvtec_root}"
+categories = ["{CATEGORY}"]
+[generate]
+n = 8
+stores = "s3://no-such-bucket-nsa/nsa"
+[train]
+steps = 1
+""")
+    with pytest.raises(ConfigError) as error:
+        run_pipeline(load_config(config), progress=False)
+    assert str(error.value) == (
+        f"{config}: [generate] stores: s3://no-such-bucket-nsa/nsa/{CATEGORY}/seed0.zarr: "
+        f"bucket 'no-such-bucket-nsa' does not exist on {s3_server}")
+    assert not (tmp_path / "out").exists()
