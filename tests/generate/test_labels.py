@@ -43,11 +43,17 @@ def example_pair(channels: int, boxes):
     return dest, result, region
 
 
+#: Patch boxes whose window lies inside the image (the window's margin decides the label
+#: near its edge), and boxes touching the image borders (edge padding decides it).
+INSIDE = [(9, 11, 20, 25), (15, 20, 30, 36)]
+AT_BORDERS = [(0, 2, 20, 25), (15, 20, 40, 48), (40, 0, 48, 10)]
+
+
+@pytest.mark.parametrize("boxes", [INSIDE, AT_BORDERS], ids=["inside", "at-borders"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("label_mode", ["binary", "continuous", "intensity",
                                         "logistic-intensity"])
-def test_window_label_equals_the_whole_image_computation(channels, label_mode):
-    boxes = [(0, 2, 20, 25), (15, 20, 40, 48), (40, 0, 48, 10)]  # touching image borders
+def test_window_label_equals_the_whole_image_computation(channels, label_mode, boxes):
     dest, result, region = example_pair(channels, boxes)
     ours = label_map(dest, result, region, boxes, label_mode, 1.0, (1 / 3, 7), 0.4)
     expected = reference_label(dest, result, region, label_mode, 1.0, 1 / 3, 7, 0.4)
