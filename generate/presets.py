@@ -6,7 +6,7 @@ store records exactly what made it) and what the trainer needs to prepare images
 (``size``, ``augment``, ``epochs``). Setting names are the same everywhere: here, in the
 ``nsa-gen`` options, in the stored attributes and in the docs.
 
-Figures come from ``NSA_METHOD.md`` (sections 3 and 4) and, for ``elpv``, from the issue
+Figures come from ``docs/method.md`` §Presets (the paper's) and, for ``elpv``, from the issue
 that fixed them. ``epochs`` for ``elpv`` (not a paper dataset) is 320, the paper's default.
 """
 
@@ -28,9 +28,9 @@ LABEL_MODES = ("binary", "continuous", "intensity", "logistic-intensity")
 KINDS = ("object", "texture", "xray", "elpv")
 MAX_PATCHES = 4  # the shard format stores at most this many boxes per example
 
-#: Every synthesis setting with its method default (section 1 of NSA_METHOD.md).
+#: Every synthesis setting with its method default (docs/method.md §Synthesis).
 SYNTHESIS_DEFAULTS: dict[str, Any] = {
-    "mode": "normal",                  # Poisson guidance, or a baseline blend (section 2)
+    "mode": "normal",                  # Poisson guidance, or a baseline blend (docs/method.md)
     "label_mode": "logistic-intensity",
     "num_patches": 3,                  # first always attempted, each further one p = 1/2
     "width_bounds": [[0.03, 0.4], [0.03, 0.4]],  # half-width fractions ((h), (w))

@@ -1,4 +1,4 @@
-"""The metric definitions: AU-PRO as PAPER_RESULTS.md states it, AUROC/AP as scikit-learn."""
+"""The metric definitions: AU-PRO as docs/evaluation.md states it, AUROC/AP as scikit-learn."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def literal_aupro(maps, masks, fpr_limit: float) -> float:
-    """The algorithm of PAPER_RESULTS.md written out step by step, as the test oracle.
+    """The algorithm of docs/evaluation.md written out step by step, as the test oracle.
 
     ``maps`` and ``masks`` are (N, H, W) arrays or lists of 2-D arrays."""
     regions_per_image = [ndimage.label(m, structure=np.ones((3, 3)))[0] for m in masks]
