@@ -160,3 +160,18 @@ def test_blend_is_the_poisson_solution_rounded_to_the_nearest_grey_level(mixed, 
     assert clear.mean() > 0.99
     assert np.array_equal(ours[clear], expected[clear])
     assert np.abs(ours - expected).max() <= 1
+
+
+def test_solutions_beyond_the_grey_range_are_clipped_to_0_and_255():
+    dest = np.full((30, 36, 1), 250, np.uint8)
+    dest[:, :18] = 5
+    stripes = ((np.arange(36) // 3) % 2 * 255).astype(np.uint8)
+    src = np.broadcast_to(stripes[None, :, None], (30, 36, 1)).copy()
+    mask = ringed(np.ones((30, 36)))
+    exact = sparse_blend(dest, src, mask, mixed=False)
+    assert exact.min() < -1 and exact.max() > 256  # the solve leaves the grey range
+    ours = poisson_blend(dest, src, mask, mixed=False)[..., 0]
+    expected = np.clip(np.rint(exact), 0, 255)
+    clear = np.abs(exact - np.floor(exact) - 0.5) > 1e-3
+    assert np.array_equal(ours[clear], expected[clear])
+    assert (ours == 0).any() and (ours == 255).any()
