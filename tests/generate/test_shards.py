@@ -79,15 +79,20 @@ def test_verify_names_a_bad_chunk_of_an_interrupted_store(tmp_path):
         shards.verify_store(tmp_path / "s.zarr")
 
 
+def _rewrite_decodably(store: shards.Store, index: int) -> None:
+    """Change one pixel of chunk ``index`` through zarr, leaving its checksum row: the
+    chunk decodes, only its SHA-256 can tell."""
+    group = zarr.open_group(str(store.path), mode="r+")
+    images = group["images"][store.chunk_slice(index)]
+    images[0, 3, 3, 0] += 1
+    group["images"][store.chunk_slice(index)] = images
+    assert np.array_equal(group["images"][store.chunk_slice(index)], images)
+
+
 def test_verify_names_a_chunk_whose_decodable_bytes_differ_from_its_checksum(tmp_path):
     store = _store(tmp_path)
     store.mark_complete()
-    # chunk 1 rewritten through zarr: it decodes, only its SHA-256 row can tell
-    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
-    images = group["images"][store.chunk_slice(1)]
-    images[0, 3, 3, 0] += 1
-    group["images"][store.chunk_slice(1)] = images
-    assert np.array_equal(group["images"][store.chunk_slice(1)], images)
+    _rewrite_decodably(store, 1)
     with pytest.raises(CheckFailed, match=r": 1 of 3 chunks bad: chunk 1 does not match its "
                                           r"checksum$"):
         shards.verify_store(tmp_path / "s.zarr")
@@ -143,6 +148,8 @@ DAMAGES = {
     "full settings edited": (
         lambda s: _edit_attrs(s, settings={**resolve_settings("elpv"), "num_patches": 9}),
         "setting 'num_patches' = 9"),
+    "chunk_size zero": (lambda s: _edit_attrs(s, chunk_size=0),
+                        "attribute 'chunk_size' is 0, not a positive integer"),
     "complete with chunks missing": (lambda s: _edit_attrs(s, complete=True),
                                      "marked complete but 1 of 3 chunks have no checksum"),
 }
@@ -167,4 +174,32 @@ def test_every_reader_names_the_damage_of_a_hand_edited_store_in_one_line(tmp_pa
 def test_a_store_with_all_its_checksums_may_be_marked_complete(tmp_path):
     store = _store(tmp_path)
     store.mark_complete()
-    assert shards.open_store(store.path).complete
+    assert store.complete and shards.open_store(store.path).complete
+
+
+def test_reading_a_chunk_checks_its_checksum_unless_told_not_to(tmp_path):
+    store = _store(tmp_path)
+    _rewrite_decodably(store, 1)
+    with pytest.raises(shards.StoreError, match=r"chunk 1 does not match its checksum"):
+        store.read_chunk(1)
+    assert store.read_chunk(1, verify=False).images[0, 3, 3, 0] == 12
+
+
+def test_verify_counts_the_chunks_an_interrupted_store_has_written(tmp_path):
+    _store(tmp_path, written=(1,))
+    with pytest.raises(CheckFailed, match=r"incomplete, not damaged: 1 of 3 chunks written"):
+        shards.verify_store(tmp_path / "s.zarr")
+
+
+def test_a_store_knows_its_shape_and_refuses_chunk_indices_outside_it(tmp_path):
+    store = _store(tmp_path)
+    assert (store.height, store.width, store.channels) == (SIDE, SIDE, 1)
+    for index in (-1, 3):
+        with pytest.raises(IndexError, match=rf"chunk {index} out of range 0\.\.2"):
+            store.chunk_slice(index)
+
+
+def test_labels_outside_zero_to_one_are_clipped_and_masks_read_back_as_float32():
+    mask = shards.label_to_mask(np.array([[-0.5, 0.0, 1.0, 1.5]], np.float32))
+    assert mask.dtype == np.uint8 and mask[..., 0].tolist() == [[0, 0, 255, 255]]
+    assert shards.mask_to_label(mask).dtype == np.float32
