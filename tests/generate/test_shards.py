@@ -203,3 +203,79 @@ def test_labels_outside_zero_to_one_are_clipped_and_masks_read_back_as_float32()
     mask = shards.label_to_mask(np.array([[-0.5, 0.0, 1.0, 1.5]], np.float32))
     assert mask.dtype == np.uint8 and mask[..., 0].tolist() == [[0, 0, 255, 255]]
     assert shards.mask_to_label(mask).dtype == np.float32
+
+
+def test_summary_reports_provenance_and_why_examples_stayed_normal(tmp_path):
+    store = _store(tmp_path, written=(0,))
+    chunk = _chunk(store, 1, fill=11)
+    chunk.labels[:] = (1, 0, 0, 1)
+    chunk.reason[:] = (0, 1, 1, 0)
+    store.write_chunk(1, chunk)
+    summary = store.summary()
+    assert (summary["examples_written"], summary["anomalous"]) == (2 * CHUNK, CHUNK + 2)
+    assert summary["skipped"] == {"no-change": 2}
+    assert (summary["preset"], summary["seed"]) == ("elpv", 3)
+    assert summary["source"] == "folder: d (0 images)"
+    assert summary["shape"] == [SIDE, SIDE, 1] and summary["path"] == str(store.path)
+    assert summary["bytes"] > 0
+
+
+SUMMARY = {"path": "/x/s.zarr", "complete": False, "n": 10, "shape": [8, 8, 1],
+           "chunks_written": 2, "chunks": 3, "chunk_size": 4, "preset": "elpv", "seed": 3,
+           "source": "folder: d (5 images)", "anomalous": 6, "examples_written": 8,
+           "skipped": {"no-change": 2, "no-object": 1}, "bytes": 1234567,
+           "created": "2026-01-01", "versions": {"zarr": "3.1.6", "numpy": "2.2"},
+           "warnings": ["w1", "w2"]}
+
+
+def test_info_text_of_a_partly_written_store():
+    assert shards.format_summary(SUMMARY) == "\n".join([
+        "store:              /x/s.zarr",
+        "complete:           no (2 of 3 chunks written)",
+        "examples:           10 of 8x8x1 uint8, 3 chunks of 4",
+        "preset:             elpv",
+        "seed:               3",
+        "source:             folder: d (5 images)",
+        "anomalous:          6 of 8 written (75.0%)",
+        "no anomaly because: no-change 2, no-object 1",
+        "on disk:            1.2 MB (154.3 kB per example)",
+        "created:            2026-01-01",
+        "versions:           zarr 3.1.6, numpy 2.2",
+        "warnings:           w1; w2",
+    ])
+
+
+def test_info_text_of_an_empty_complete_store_divides_by_nothing():
+    summary = {**SUMMARY, "complete": True, "chunks": 1, "examples_written": 0,
+               "anomalous": 0, "skipped": {}, "warnings": []}
+    lines = shards.format_summary(summary).splitlines()
+    assert lines[1] == "complete:           yes"
+    assert lines[2] == "examples:           10 of 8x8x1 uint8, 1 chunk of 4"
+    assert lines[6:9] == ["anomalous:          0 of 0 written",
+                          "no anomaly because: -", "on disk:            1.2 MB"]
+    assert lines[-1] == "warnings:           -"
+
+
+def test_create_store_takes_one_or_three_channels_only(tmp_path):
+    shards.create_store(tmp_path / "rgb.zarr", n=4, height=8, width=8, channels=3,
+                        chunk_size=2, attrs={})
+    assert shards.open_store(tmp_path / "rgb.zarr", allow_incomplete=True).channels == 3
+    with pytest.raises(shards.StoreError, match="channels must be 1 or 3, not 4"):
+        shards.create_store(tmp_path / "x.zarr", n=4, height=8, width=8, channels=4,
+                            chunk_size=2, attrs={})
+
+
+def test_verify_names_ten_bad_chunks_and_counts_the_rest(tmp_path):
+    path = tmp_path / "many.zarr"
+    shards.create_store(path, n=12, height=SIDE, width=SIDE, channels=1, chunk_size=1,
+                        attrs={})
+    store = shards.open_store(path, allow_incomplete=True, mode="r+")
+    for index in range(12):
+        store.write_chunk(index, _chunk(store, index, fill=index))
+    store.mark_complete()
+    zarr.open_group(str(path), mode="r+")["checksums"][:] = 7  # written, but wrong
+    with pytest.raises(CheckFailed) as raised:
+        shards.verify_store(path)
+    message = str(raised.value)
+    assert ": 12 of 12 chunks bad: chunk 0 does not match its checksum; chunk 1 " in message
+    assert message.endswith("; chunk 9 does not match its checksum; and 2 more")
