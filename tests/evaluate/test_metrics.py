@@ -74,6 +74,14 @@ def test_aupro_treats_tied_scores_as_one_threshold() -> None:
     assert forward == swapped == pytest.approx(0.725)
 
 
+def test_aupro_is_zero_while_a_defect_free_pixel_outscores_every_defect() -> None:
+    # curve (0,0) -> (.5,0) -> (.5,1) -> (1,1): nothing of a region found up to FPR .5
+    maps = np.array([[[0.9, 0.5, 0.1]]])
+    masks = np.array([[[0, 1, 0]]], dtype=bool)
+    assert aupro(maps, masks) == 0.0
+    assert aupro(maps, masks, fpr_limit=1.0) == pytest.approx(0.5)
+
+
 def test_aupro_of_a_perfect_map_is_one() -> None:
     rng = np.random.default_rng(0)
     masks = np.zeros((4, 32, 32), dtype=bool)
