@@ -174,7 +174,8 @@ def test_every_reader_names_the_damage_of_a_hand_edited_store_in_one_line(tmp_pa
 def test_a_store_with_all_its_checksums_may_be_marked_complete(tmp_path):
     store = _store(tmp_path)
     store.mark_complete()
-    assert store.complete and shards.open_store(store.path).complete
+    assert store.complete and store.attrs["complete"] is True
+    assert shards.open_store(store.path).complete
 
 
 def test_reading_a_chunk_checks_its_checksum_unless_told_not_to(tmp_path):
@@ -218,6 +219,10 @@ def test_summary_reports_provenance_and_why_examples_stayed_normal(tmp_path):
     assert summary["source"] == "folder: d (0 images)"
     assert summary["shape"] == [SIDE, SIDE, 1] and summary["path"] == str(store.path)
     assert summary["bytes"] > 0
+    _edit_attrs(store, created="2026-01-01", versions={"zarr": "3"}, warnings=["w"])
+    summary = shards.open_store(store.path, allow_incomplete=True).summary()
+    assert (summary["created"], summary["versions"], summary["warnings"]) == (
+        "2026-01-01", {"zarr": "3"}, ["w"])
 
 
 SUMMARY = {"path": "/x/s.zarr", "complete": False, "n": 10, "shape": [8, 8, 1],
@@ -257,25 +262,36 @@ def test_info_text_of_an_empty_complete_store_divides_by_nothing():
 
 
 def test_create_store_takes_one_or_three_channels_only(tmp_path):
-    shards.create_store(tmp_path / "rgb.zarr", n=4, height=8, width=8, channels=3,
-                        chunk_size=2, attrs={})
+    group = shards.create_store(tmp_path / "rgb.zarr", n=4, height=8, width=8, channels=3,
+                                chunk_size=2, attrs={})
+    assert (group.attrs["channels"], group.attrs["complete"]) == (3, False)
     assert shards.open_store(tmp_path / "rgb.zarr", allow_incomplete=True).channels == 3
     with pytest.raises(shards.StoreError, match="channels must be 1 or 3, not 4"):
         shards.create_store(tmp_path / "x.zarr", n=4, height=8, width=8, channels=4,
                             chunk_size=2, attrs={})
 
 
-def test_verify_names_ten_bad_chunks_and_counts_the_rest(tmp_path):
+@pytest.mark.parametrize("n,rest", [(10, ""), (11, "; and 1 more")])
+def test_verify_names_ten_bad_chunks_and_counts_the_rest(tmp_path, n, rest):
     path = tmp_path / "many.zarr"
-    shards.create_store(path, n=12, height=SIDE, width=SIDE, channels=1, chunk_size=1,
+    shards.create_store(path, n=n, height=SIDE, width=SIDE, channels=1, chunk_size=1,
                         attrs={})
     store = shards.open_store(path, allow_incomplete=True, mode="r+")
-    for index in range(12):
+    for index in range(n):
         store.write_chunk(index, _chunk(store, index, fill=index))
     store.mark_complete()
     zarr.open_group(str(path), mode="r+")["checksums"][:] = 7  # written, but wrong
     with pytest.raises(CheckFailed) as raised:
         shards.verify_store(path)
     message = str(raised.value)
-    assert ": 12 of 12 chunks bad: chunk 0 does not match its checksum; chunk 1 " in message
-    assert message.endswith("; chunk 9 does not match its checksum; and 2 more")
+    assert f": {n} of {n} chunks bad: chunk 0 does not match its checksum; chunk 1 " in message
+    assert message.endswith("; chunk 9 does not match its checksum" + rest)
+
+
+def test_a_store_without_a_complete_attribute_is_incomplete(tmp_path):
+    store = _store(tmp_path, written=(0,))
+    group = zarr.open_group(str(store.path), mode="r+", zarr_format=3)
+    del group.attrs["complete"]
+    with pytest.raises(shards.StoreError, match="incomplete"):
+        shards.open_store(store.path)
+    assert not shards.open_store(store.path, allow_incomplete=True).complete
