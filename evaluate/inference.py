@@ -1,12 +1,12 @@
 """Run a trained model on images the way the NSA paper does, and score the maps.
 
 What the model sees follows the run's preset (``settings`` in its config.json), as
-``NSA_METHOD.md`` §6 states: every image is resized to a square ``side``; objects and
+``docs/evaluation.md`` states: every image is resized to a square ``side``; objects and
 chest X-rays (kinds ``object``, ``xray``) see the centre ``crop`` the trainer's random
 crops were taken around and their map is zero-padded back to ``side``; textures and ELPV
 cells see the whole image (textures at ``side`` = their training crop, 256 for MVTec).
 
-Two protocols (``PAPER_RESULTS.md``): ``nsa`` scores an image by the mean of its
+Two protocols (``docs/evaluation.md``): ``nsa`` scores an image by the mean of its
 ``side``-sized map (the paper's figures); ``mvtec`` resizes the map bilinearly to the
 ground truth's native resolution and scores an image by the map's maximum.
 """

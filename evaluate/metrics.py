@@ -10,7 +10,7 @@ whole MVTec test set (tens of millions of pixels) take a second instead of minut
 - :func:`average_precision` equals scikit-learn's ``average_precision_score``
   (sum over thresholds of recall increase times precision, no interpolation).
 - :func:`aupro` is the per-region-overlap area of MVTec's reference evaluation as stated
-  in ``PAPER_RESULTS.md``: ground-truth regions labelled with 8-connectivity per image; all
+  in ``docs/evaluation.md``: ground-truth regions labelled with 8-connectivity per image; all
   pixel scores of the set in one descending order; each defect-free pixel adds
   1/(defect-free pixels) to the FPR, each region pixel adds 1/(|region| * regions) to the
   PRO; one curve point per distinct score (ties form one threshold); (0, 0) prepended;

@@ -1,4 +1,4 @@
-"""Pixel labels of a synthetic example (NSA_METHOD.md section 1, step 8).
+"""Pixel labels of a synthetic example (docs/method.md §Labels).
 
 Changed pixels are those inside the patch regions whose mean absolute change over channels
 exceeds ``tol``; a 5x5 median filter cleans that mask. ``intensity`` and

@@ -1,7 +1,7 @@
 """Patch geometry: sizes, shapes, source locations, rescaling and destination placement.
 
-All sampling follows NSA_METHOD.md section 1 (steps 2-6) and the CutPaste sampling of
-section 2. Boxes are half-open ``(y0, x0, y1, x1)`` in pixels. Every function takes the
+All sampling follows docs/method.md §Synthesis (steps 2-6) and the CutPaste sampling of
+§Baseline tasks. Boxes are half-open ``(y0, x0, y1, x1)`` in pixels. Every function takes the
 example's generator, so a patch is a pure function of the example's stream.
 """
 

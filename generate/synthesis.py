@@ -1,6 +1,6 @@
 """Natural Synthetic Anomalies: one training example from two normal images.
 
-:func:`synthesize` implements NSA_METHOD.md section 1 (and the baselines of section 2):
+:func:`synthesize` implements docs/method.md §Synthesis (and its §Baseline tasks):
 patches cut from a source image are rescaled, moved and blended into a destination image,
 and the label says per pixel how much each changed. :func:`make_example` is what a shard
 writer calls: a pure function of (sources, settings, seed, index), so any worker can make
@@ -41,7 +41,7 @@ from nsa.errors import UserError
 #: was blended and changed some pixels. Shards store the index.
 SKIP_REASONS: tuple[str, ...] = ("", "no-object", "no-placement", "region-too-small",
                                  "no-change")
-#: A Poisson blending region smaller than this many pixels is skipped (method, step 7).
+#: A Poisson blending region smaller than this many pixels is skipped (docs/method.md, step 7).
 MIN_BLEND_PIXELS = 50
 
 

@@ -1,6 +1,6 @@
 """Light online augmentation, applied identically to an image and its label map.
 
-Follows the preset's ``augment`` settings (method §3/§4): a random rotation of up to
+Follows the preset's ``augment`` settings (docs/method.md §Presets): a random rotation of up to
 ``rotate`` degrees, a centre crop of ``center_crop``, a random crop of ``crop`` inside it,
 and random vertical / horizontal flips. Random parameters are drawn on the CPU from a
 numpy Generator the caller passes in (one row per example), and applied by

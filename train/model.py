@@ -1,6 +1,6 @@
 """The NSA network: a ResNet-18 encoder trained from scratch and a transposed-conv decoder.
 
-Layout (method §5): torchvision's ResNet-18 up to ``layer4`` (stride 32, 512 channels),
+Layout (docs/method.md §Model): torchvision's ResNet-18 up to ``layer4`` (stride 32, 512 channels),
 1x1 convolutions 512 -> 256 -> 128 with ReLU, three transposed residual blocks
 128 -> 64 -> 32 -> 16 (each x2), a bilinear x2 upsample and a final stride-2 upsampling
 7x7 layer to one channel at the input resolution. No skip connections. ``forward``
@@ -9,7 +9,7 @@ returns logits; ``sigmoid`` of them is the anomaly map.
 Decoder artefacts. The authors' decoder used 3x3 / 7x7 stride-2 transposed convolutions
 with ``output_padding``: a kernel that the stride does not divide gives neighbouring output
 pixels different numbers of kernel taps (a checkerboard), and the padded last row/column
-gets fewer taps than the first (a fixed bright edge pixel, see PITFALLS.md). Here:
+gets fewer taps than the first (a fixed bright edge pixel, see docs/method.md §Deviations). Here:
 
 - the blocks' transposed convolutions are 4x4 stride 2 padding 1: the output is exactly
   twice the input with no ``output_padding``, every interior pixel gets the same number

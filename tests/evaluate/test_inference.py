@@ -1,4 +1,4 @@
-"""What the model sees at test time (NSA_METHOD.md section 6) and how images are scored."""
+"""What the model sees at test time (docs/evaluation.md) and how images are scored."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The metric definitions: AU-PRO as PAPER_RESULTS.md states it, AUROC/AP as scikit-learn."""
+"""The metric definitions: AU-PRO as docs/evaluation.md states it, AUROC/AP as scikit-learn."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def literal_aupro(maps, masks, fpr_limit: float) -> float:
-    """The algorithm of PAPER_RESULTS.md written out step by step, as the test oracle.
+    """The algorithm of docs/evaluation.md written out step by step, as the test oracle.
 
     ``maps`` and ``masks`` are (N, H, W) arrays or lists of 2-D arrays."""
     regions_per_image = [ndimage.label(m, structure=np.ones((3, 3)))[0] for m in masks]
@@ -70,6 +72,14 @@ def test_aupro_treats_tied_scores_as_one_threshold() -> None:
     forward = aupro(np.array([[[0.9, 0.5, 0.5, 0.3, 0.1]]]), masks)
     swapped = aupro(np.array([[[0.5, 0.9, 0.5, 0.3, 0.1]]]), masks)
     assert forward == swapped == pytest.approx(0.725)
+
+
+def test_aupro_is_zero_while_a_defect_free_pixel_outscores_every_defect() -> None:
+    # curve (0,0) -> (.5,0) -> (.5,1) -> (1,1): nothing of a region found up to FPR .5
+    maps = np.array([[[0.9, 0.5, 0.1]]])
+    masks = np.array([[[0, 1, 0]]], dtype=bool)
+    assert aupro(maps, masks) == 0.0
+    assert aupro(maps, masks, fpr_limit=1.0) == pytest.approx(0.5)
 
 
 def test_aupro_of_a_perfect_map_is_one() -> None:
@@ -222,3 +232,62 @@ def test_roc_points_lie_on_the_curve_from_origin_to_one() -> None:
     assert (fpr[0], tpr[0]) == (0.0, 0.0)
     assert (fpr[-1], tpr[-1]) == (1.0, 1.0)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+
+
+def test_one_negative_or_one_positive_is_enough_for_auroc_ap_and_roc_points() -> None:
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.2])
+    for labels in (np.array([0, 1, 1, 1, 1], bool), np.array([1, 0, 0, 0, 0], bool)):
+        assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+        assert average_precision(scores, labels) == pytest.approx(
+            average_precision_score(labels, scores))
+        fpr, tpr = roc_points(scores, labels)
+        assert (fpr[-1], tpr[-1]) == (1.0, 1.0)
+
+
+def test_one_class_gives_nan_and_no_roc_points_without_a_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for labels in (np.zeros(4, bool), np.ones(4, bool)):
+            assert np.isnan(auroc(np.arange(4.0), labels))
+            fpr, tpr = roc_points(np.arange(4.0), labels)
+            assert fpr.size == 0 and tpr.size == 0
+
+
+def test_roc_points_come_at_about_max_points_thresholds() -> None:
+    rng = np.random.default_rng(8)
+    labels = rng.random(5000) < 0.3
+    scores = rng.random(5000) + labels
+    assert 900 <= roc_points(scores, labels)[0].size <= 1001
+    assert roc_points(scores, labels, max_points=20)[0].size <= 21
+
+
+@pytest.mark.parametrize("limit", [0.0, -0.1, 1.5])
+def test_an_fpr_limit_outside_zero_to_one_is_refused(limit: float) -> None:
+    maps, masks = np.array([[[0.9, 0.8, 0.4, 0.1]]]), np.array([[[1, 0, 1, 0]]], bool)
+    with pytest.raises(ValueError, match="fpr_limit"):
+        aupro(maps, masks, fpr_limit=limit)
+
+
+def test_aupro_is_defined_with_a_single_defect_free_pixel() -> None:
+    maps, masks = np.array([[[0.9, 0.5, 0.4]]]), np.array([[[1, 0, 1]]], bool)
+    assert aupro(maps, masks) == pytest.approx(literal_aupro(maps, masks, 0.3))
+    assert aupro(maps, masks) == pytest.approx(0.5)  # PRO 0.5 until FPR jumps to 1
+
+
+def test_pro_points_and_an_undefined_curve() -> None:
+    maps, masks = np.array([[[0.9, 0.8, 0.4, 0.1]]]), np.array([[[1, 0, 1, 0]]], bool)
+    fpr, pro = pro_points(maps, masks, fpr_limit=0.6)
+    assert fpr[-1] == 1.0 and pro[-1] == 1.0  # past 0.5: the curve goes on to (1, 1)
+    fpr, pro = pro_points(maps, np.zeros_like(masks))
+    assert fpr.size == 0 and pro.size == 0
+
+
+def test_a_single_two_dimensional_map_and_integer_scores_are_accepted() -> None:
+    rng = np.random.default_rng(9)
+    mask = rng.random((12, 10)) > 0.8
+    int_map = rng.integers(0, 50, mask.shape) + 30 * mask
+    expected = aupro(int_map[None].astype(np.float64), mask[None])
+    assert aupro(int_map.astype(np.float64), mask) == pytest.approx(expected)
+    assert aupro(int_map, mask) == pytest.approx(expected)
+    assert aupro([int_map], [mask]) == pytest.approx(expected)
+    assert auroc(int_map, mask) == pytest.approx(roc_auc_score(mask.ravel(), int_map.ravel()))

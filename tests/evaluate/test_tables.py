@@ -28,7 +28,7 @@ def result(rows: dict) -> dict:
 
 def test_paper_figures_are_fractions_of_the_published_percentages_with_their_source() -> None:
     source, table = paper_results()
-    assert "PAPER_RESULTS.md" in source
+    assert "docs/evaluation.md" in source
     assert paper_figures(("mvtec", "transistor")) == pytest.approx(
         {"image_auroc": 0.951, "pixel_auroc": 0.880, "aupro": 0.753}
     )

@@ -43,11 +43,19 @@ def example_pair(channels: int, boxes):
     return dest, result, region
 
 
+#: Patch boxes whose window lies inside the image (the window's margin decides the label
+#: near its edge): taller than wide and wider than tall, so that a window taken from the
+#: wrong axis cuts into them; and boxes touching the image borders (edge padding decides).
+TALL = [(6, 20, 30, 31), (16, 24, 40, 34)]
+WIDE = [(20, 6, 31, 30), (24, 16, 34, 40)]
+AT_BORDERS = [(0, 2, 20, 25), (15, 20, 40, 48), (40, 0, 48, 10)]
+
+
+@pytest.mark.parametrize("boxes", [TALL, WIDE, AT_BORDERS], ids=["tall", "wide", "at-borders"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("label_mode", ["binary", "continuous", "intensity",
                                         "logistic-intensity"])
-def test_window_label_equals_the_whole_image_computation(channels, label_mode):
-    boxes = [(0, 2, 20, 25), (15, 20, 40, 48), (40, 0, 48, 10)]  # touching image borders
+def test_window_label_equals_the_whole_image_computation(channels, label_mode, boxes):
     dest, result, region = example_pair(channels, boxes)
     ours = label_map(dest, result, region, boxes, label_mode, 1.0, (1 / 3, 7), 0.4)
     expected = reference_label(dest, result, region, label_mode, 1.0, 1 / 3, 7, 0.4)
@@ -84,3 +92,14 @@ def test_logistic_label_of_a_uniform_change_is_the_logistic_of_that_change():
     label = label_map(dest, result, region, [(10, 10, 30, 30)], "logistic-intensity", 1.0,
                       (1 / 3, 7))
     assert label[20, 20] == pytest.approx(1 / (1 + np.exp(-(10 - 7) / 3)), rel=1e-6)
+
+
+def test_tol_is_a_mean_over_channels():
+    dest = np.full((24, 24, 3), 100, np.uint8)
+    result = dest.copy()
+    region = np.ones((24, 24), bool)
+    box = [(4, 4, 20, 20)]
+    result[4:20, 4:20] = (102, 102, 102)  # mean change 2 = tol: not changed
+    assert not label_map(dest, result, region, box, "binary", 2.0, (1, 1)).any()
+    result[4:20, 4:20] = (100, 100, 107)  # mean change 7/3 > 2, though 2 channels kept
+    assert label_map(dest, result, region, box, "binary", 2.0, (1, 1))[12, 12] == 1.0

@@ -83,14 +83,22 @@ def test_verify_names_a_bad_chunk_of_an_interrupted_store(tmp_path):
         shards.verify_store(tmp_path / "s.zarr")
 
 
-def test_verify_names_a_corrupted_chunk_by_index(tmp_path):
+def _rewrite_decodably(store: shards.Store, index: int) -> None:
+    """Change one pixel of chunk ``index`` through zarr, leaving its checksum row: the
+    chunk decodes, only its SHA-256 can tell."""
+    group = zarr.open_group(str(store.path), mode="r+")
+    images = group["images"][store.chunk_slice(index)]
+    images[0, 3, 3, 0] += 1
+    group["images"][store.chunk_slice(index)] = images
+    assert np.array_equal(group["images"][store.chunk_slice(index)], images)
+
+
+def test_verify_names_a_chunk_whose_decodable_bytes_differ_from_its_checksum(tmp_path):
     store = _store(tmp_path)
     store.mark_complete()
-    chunk_file = tmp_path / "s.zarr" / "images" / "c" / "1" / "0" / "0" / "0"
-    data = bytearray(chunk_file.read_bytes())
-    data[-20:] = bytes(20)
-    chunk_file.write_bytes(bytes(data))
-    with pytest.raises(CheckFailed, match=r"chunk 1 (is unreadable|does not match)"):
+    _rewrite_decodably(store, 1)
+    with pytest.raises(CheckFailed, match=r": 1 of 3 chunks bad: chunk 1 does not match its "
+                                          r"checksum$"):
         shards.verify_store(tmp_path / "s.zarr")
 
 
@@ -144,6 +152,8 @@ DAMAGES = {
     "full settings edited": (
         lambda s: _edit_attrs(s, settings={**resolve_settings("elpv"), "num_patches": 9}),
         "setting 'num_patches' = 9"),
+    "chunk_size zero": (lambda s: _edit_attrs(s, chunk_size=0),
+                        "attribute 'chunk_size' is 0, not a positive integer"),
     "complete with chunks missing": (lambda s: _edit_attrs(s, complete=True),
                                      "marked complete but 1 of 3 chunks have no checksum"),
 }
@@ -168,6 +178,7 @@ def test_every_reader_names_the_damage_of_a_hand_edited_store_in_one_line(tmp_pa
 def test_a_store_with_all_its_checksums_may_be_marked_complete(tmp_path):
     store = _store(tmp_path)
     store.mark_complete()
+    assert store.complete and store.attrs["complete"] is True
     assert shards.open_store(store.path).complete
 
 
@@ -306,3 +317,122 @@ def test_opening_for_training_and_info_read_no_images_and_the_checksums_once(
     shards.open_store(store.path).summary()
     assert _data_reads(reads, "images", "masks", "boxes", "dest_index", "source_index") == {}
     assert set(_data_reads(reads, "checksums").values()) == {1}
+def test_reading_a_chunk_checks_its_checksum_unless_told_not_to(tmp_path):
+    store = _store(tmp_path)
+    _rewrite_decodably(store, 1)
+    with pytest.raises(shards.StoreError, match=r"chunk 1 does not match its checksum"):
+        store.read_chunk(1)
+    assert store.read_chunk(1, verify=False).images[0, 3, 3, 0] == 12
+
+
+def test_verify_counts_the_chunks_an_interrupted_store_has_written(tmp_path):
+    _store(tmp_path, written=(1,))
+    with pytest.raises(CheckFailed, match=r"incomplete, not damaged: 1 of 3 chunks written"):
+        shards.verify_store(tmp_path / "s.zarr")
+
+
+def test_a_store_knows_its_shape_and_refuses_chunk_indices_outside_it(tmp_path):
+    store = _store(tmp_path)
+    assert (store.height, store.width, store.channels) == (SIDE, SIDE, 1)
+    for index in (-1, 3):
+        with pytest.raises(IndexError, match=rf"chunk {index} out of range 0\.\.2"):
+            store.chunk_slice(index)
+
+
+def test_labels_outside_zero_to_one_are_clipped_and_masks_read_back_as_float32():
+    mask = shards.label_to_mask(np.array([[-0.5, 0.0, 1.0, 1.5]], np.float32))
+    assert mask.dtype == np.uint8 and mask[..., 0].tolist() == [[0, 0, 255, 255]]
+    assert shards.mask_to_label(mask).dtype == np.float32
+
+
+def test_summary_reports_provenance_and_why_examples_stayed_normal(tmp_path):
+    store = _store(tmp_path, written=(0,))
+    chunk = _chunk(store, 1, fill=11)
+    chunk.labels[:] = (1, 0, 0, 1)
+    chunk.reason[:] = (0, 1, 1, 0)
+    store.write_chunk(1, chunk)
+    summary = store.summary()
+    assert (summary["examples_written"], summary["anomalous"]) == (2 * CHUNK, CHUNK + 2)
+    assert summary["skipped"] == {"no-change": 2}
+    assert (summary["preset"], summary["seed"]) == ("elpv", 3)
+    assert summary["source"] == "folder: d (0 images)"
+    assert summary["shape"] == [SIDE, SIDE, 1] and summary["path"] == str(store.path)
+    assert summary["bytes"] > 0
+    _edit_attrs(store, created="2026-01-01", versions={"zarr": "3"}, warnings=["w"])
+    summary = shards.open_store(store.path, allow_incomplete=True).summary()
+    assert (summary["created"], summary["versions"], summary["warnings"]) == (
+        "2026-01-01", {"zarr": "3"}, ["w"])
+
+
+SUMMARY = {"path": "/x/s.zarr", "format_version": 2, "complete": False, "n": 10,
+           "shape": [8, 8, 1], "chunks_written": 2, "chunks": 3, "chunk_size": 4,
+           "shards": 2, "shard_chunks": 2, "preset": "elpv", "seed": 3,
+           "source": "folder: d (5 images)", "anomalous": 6, "examples_written": 8,
+           "skipped": {"no-change": 2, "no-object": 1}, "bytes": 1234567,
+           "created": "2026-01-01", "versions": {"zarr": "3.1.6", "numpy": "2.2"},
+           "warnings": ["w1", "w2"]}
+
+
+def test_info_text_of_a_partly_written_store():
+    assert shards.format_summary(SUMMARY) == "\n".join([
+        "store:              /x/s.zarr",
+        "format:             nsa-shards version 2",
+        "complete:           no (2 of 3 chunks written)",
+        "examples:           10 of 8x8x1 uint8, 3 chunks of 4 in 2 shards of 2",
+        "preset:             elpv",
+        "seed:               3",
+        "source:             folder: d (5 images)",
+        "anomalous:          6 of 8 written (75.0%)",
+        "no anomaly because: no-change 2, no-object 1",
+        "on disk:            1.2 MB (154.3 kB per example)",
+        "created:            2026-01-01",
+        "versions:           zarr 3.1.6, numpy 2.2",
+        "warnings:           w1; w2",
+    ])
+
+
+def test_info_text_of_an_empty_complete_store_divides_by_nothing():
+    summary = {**SUMMARY, "complete": True, "chunks": 1, "shards": 1, "examples_written": 0,
+               "anomalous": 0, "skipped": {}, "warnings": []}
+    lines = shards.format_summary(summary).splitlines()
+    assert lines[2] == "complete:           yes"
+    assert lines[3] == "examples:           10 of 8x8x1 uint8, 1 chunk of 4 in 1 shard of 2"
+    assert lines[7:10] == ["anomalous:          0 of 0 written",
+                          "no anomaly because: -", "on disk:            1.2 MB"]
+    assert lines[-1] == "warnings:           -"
+
+
+def test_create_store_takes_one_or_three_channels_only(tmp_path):
+    group = shards.create_store(tmp_path / "rgb.zarr", n=4, height=8, width=8, channels=3,
+                                chunk_size=2, attrs={})
+    assert (group.attrs["channels"], group.attrs["complete"]) == (3, False)
+    assert shards.open_store(tmp_path / "rgb.zarr", allow_incomplete=True).channels == 3
+    with pytest.raises(shards.StoreError, match="channels must be 1 or 3, not 4"):
+        shards.create_store(tmp_path / "x.zarr", n=4, height=8, width=8, channels=4,
+                            chunk_size=2, attrs={})
+
+
+@pytest.mark.parametrize("n,rest", [(10, ""), (11, "; and 1 more")])
+def test_verify_names_ten_bad_chunks_and_counts_the_rest(tmp_path, n, rest):
+    path = tmp_path / "many.zarr"
+    shards.create_store(path, n=n, height=SIDE, width=SIDE, channels=1, chunk_size=1,
+                        attrs={})
+    store = shards.open_store(path, allow_incomplete=True, mode="r+")
+    for index in range(n):
+        store.write_chunk(index, _chunk(store, index, fill=index))
+    store.mark_complete()
+    zarr.open_group(str(path), mode="r+")["checksums"][:] = 7  # written, but wrong
+    with pytest.raises(CheckFailed) as raised:
+        shards.verify_store(path)
+    message = str(raised.value)
+    assert f": {n} of {n} chunks bad: chunk 0 does not match its checksum; chunk 1 " in message
+    assert message.endswith("; chunk 9 does not match its checksum" + rest)
+
+
+def test_a_store_without_a_complete_attribute_is_incomplete(tmp_path):
+    store = _store(tmp_path, written=(0,))
+    group = zarr.open_group(str(store.path), mode="r+", zarr_format=3)
+    del group.attrs["complete"]
+    with pytest.raises(shards.StoreError, match="incomplete"):
+        shards.open_store(store.path)
+    assert not shards.open_store(store.path, allow_incomplete=True).complete
