@@ -429,6 +429,10 @@ def test_a_killed_runs_ray_temp_folder_and_processes_go_when_the_next_session_st
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                f"--like-a-raylet-of={stale}"])
     try:
+        cmdline = Path(f"/proc/{orphan.pid}/cmdline")
+        deadline = time.monotonic() + 10  # until exec: a busy machine may not be there yet
+        while str(stale).encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         remove_stale_temp_dirs()
         assert not stale.exists() and live.exists()
         assert orphan.wait(timeout=10) == -signal.SIGTERM  # that session's process ended
