@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,29 +51,29 @@ class SourceTable(Table):
 
     kind: str
 
+    @abstractmethod
     def category_names(self) -> list[str]:
         """The categories (jobs) this source names, in order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def training_source(self, category: str) -> Source:
         """The normal images a job of ``category`` generates from."""
-        raise NotImplementedError
 
+    @abstractmethod
     def test_sets(self, category: str) -> list[TestSet]:
         """The labelled test sets a job of ``category`` is evaluated on."""
-        raise NotImplementedError
 
+    @abstractmethod
     def source_identity(self, category: str) -> dict[str, Any]:
         """What :meth:`training_source` reads (absolute paths): the generate hash's part."""
-        raise NotImplementedError
 
+    @abstractmethod
     def testset_identity(self, category: str) -> dict[str, Any]:
         """What :meth:`test_sets` reads (absolute paths): the evaluate hash's part."""
-        raise NotImplementedError
 
+    @abstractmethod
     def check_inputs(self) -> None:
         """Refuse missing folders and files before any job starts (no image is read)."""
-        raise NotImplementedError
 
     def before_evaluate(self, run: Path, category: str, progress: bool) -> None:
         """What a job does to its run before evaluating it (nothing, unless a layout
