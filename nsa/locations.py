@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -43,6 +44,8 @@ from typing import Any
 from nsa.errors import UserError
 
 S3_SCHEME = "s3://"
+#: A scheme with one slash (``s3:/b/x.zarr``): a mistyped URL, never meant as a folder.
+_MISTYPED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")
 #: Seconds an S3 writer lock stays valid without renewal.
 LEASE_S = 60.0
 #: Seconds the reachability probe waits for the endpoint (connect and read).
@@ -269,7 +272,8 @@ def parse_location(where: str | Path | Location, endpoint: str | None = None) ->
     """A local path or an ``s3://bucket/key`` URL as a location.
 
     ``endpoint`` overrides the environment's S3 endpoint. Raises :class:`LocationError`
-    for an ``s3://`` URL without a bucket or key, or another scheme (``gs://``).
+    for an ``s3://`` URL without a bucket or key, another scheme (``gs://``), or a scheme
+    with one slash (``s3:/b/x.zarr``, which would otherwise become a local folder ``s3:``).
     """
     if isinstance(where, LocalLocation | S3Location):
         return where
@@ -282,6 +286,9 @@ def parse_location(where: str | Path | Location, endpoint: str | None = None) ->
         return S3Location(bucket, key, endpoint or endpoint_from_environment())
     if isinstance(where, str) and "://" in text:
         raise LocationError(f"{where}: only local paths and s3:// URLs are supported")
+    if isinstance(where, str) and _MISTYPED_URL.match(where):
+        raise LocationError(f"{where}: a URL needs '://' after its scheme (s3://BUCKET/KEY); "
+                            "a local folder cannot start with 'scheme:/'")
     return LocalLocation(Path(where))
 
 

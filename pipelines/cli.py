@@ -62,7 +62,7 @@ def demo(
     out: Path = typer.Option(Path("runs/elpv-demo"), help="Output root of the demo."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """The ELPV demo: mono solar cells, CPU only, about 6 minutes on 2 cores."""
+    """The ELPV demo: mono solar cells, CPU only, 5.5 to 13 minutes on 2 cores."""
     with cli_errors():
         result = run_demo(out, progress=progress)
         print(demo_table(result))

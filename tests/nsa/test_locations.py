@@ -38,6 +38,10 @@ def test_paths_and_urls_parse_to_locations(monkeypatch):
     for bad in ("s3://bucket", "s3:///x.zarr", "gs://bucket/x.zarr"):
         with pytest.raises(LocationError, match=r"s3://|supported"):
             parse_location(bad)
+    for typo in ("s3:/b/x.zarr", "S3:/b/x.zarr"):  # one slash: not a folder named "s3:"
+        with pytest.raises(LocationError, match=r"needs '://'"):
+            parse_location(typo)
+    assert parse_location("runs/s3:/x.zarr") == LocalLocation(Path("runs/s3:/x.zarr"))
 
 
 def _small_store(url: str) -> None:
