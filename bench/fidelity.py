@@ -26,6 +26,14 @@ Arms (``--arms``; each over every ``--seeds``):
   ``no-flips`` (``--set 'augment={"vflip": false, "hflip": false}'``) and
   ``pairing`` (``--set pairing="previous"``).
 
+What the maps show: ELPV cells with a large dark (inactive) area are often outlined
+rather than filled by the map. For every defective test cell whose largest dark region
+(blurred grey level under half the cell's median) covers at least 5 % of it, the
+benchmark compares the map's mean inside the region (eroded by 4 px) with its mean on
+the region's edge (a 7 px band); ``fill`` is the median over those cells of inside /
+edge (1: filled evenly; well under 1: outlined). ``WORK/maps.png`` shows the four cells
+with the largest dark regions and each arm's seed-0 map.
+
 Each (arm, seed) result is kept in ``WORK/results/ARM-sSEED.json``, so an interrupted run
 continues where it stopped (``--redo`` forgets them). The table prints each arm's mean
 +- sample standard deviation, its difference to ``--baseline`` and a 95 % Welch
@@ -53,15 +61,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+import matplotlib
 import numpy as np
 import torch
-from nsa.evaluate.inference import Geometry
+from nsa.evaluate.inference import Geometry, anomaly_maps
 from nsa.evaluate.metrics import auroc
 from nsa.evaluate.run import score_testset
-from nsa.evaluate.testsets import elpv_testset
-from nsa.generate.images import read_images
+from nsa.evaluate.testsets import elpv_testset, read_test_image
+from nsa.generate.images import read_images, resize_square
 from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import elpv_source
+from nsa.train.checkpoint import load_model
 from scipy import stats
 
 CELL_TYPE = "mono"
@@ -202,6 +213,7 @@ def authors_arm(seed: int, args: argparse.Namespace, work: Path) -> dict[str, An
             if step == args.steps:
                 break
     trained = time.perf_counter()
+    torch.save(model.state_dict(), work / "runs" / f"authors-s{seed}.pt")
     scored = score_testset(model.eval(), elpv_testset(CELL_TYPE),
                            geometry=Geometry(side=args.size, crop=None), channels=1,
                            protocol="nsa", device=torch.device("cpu"), batch_size=16,
@@ -216,6 +228,93 @@ def _commit(repo: Path) -> str | None:
     done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                           text=True, check=False)
     return done.stdout.strip() or None
+
+
+def dark_regions(size: int) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """Defective test cells at ``size`` px, (N, size, size, 1) uint8, with a large dark
+    region, largest first, and per cell (inside, edge) bool masks of that region."""
+    cells, regions = [], []
+    for image in elpv_testset(CELL_TYPE).images:
+        if image.label != 1:
+            continue
+        pixels = resize_square(read_test_image(image, 1, False)[0], size)
+        grey = cv2.GaussianBlur(pixels[..., 0].astype(np.float32), (5, 5), 0)
+        dark = (grey < 0.5 * np.median(grey)).astype(np.uint8)
+        count, labels, table, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+        if count < 2:
+            continue
+        largest = 1 + int(np.argmax(table[1:, cv2.CC_STAT_AREA]))
+        region = (labels == largest).astype(np.uint8)
+        if region.sum() < 0.05 * size * size:
+            continue
+        square = np.ones((3, 3), np.uint8)
+        inside = cv2.erode(region, square, iterations=4).astype(bool)
+        edge = (cv2.dilate(region, square, iterations=3)
+                - cv2.erode(region, square, iterations=3)).astype(bool)
+        if inside.sum() < 20:
+            continue
+        cells.append(pixels)
+        regions.append((int(region.sum()), inside, edge))
+    order = np.argsort([-area for area, _, _ in regions], kind="stable")
+    return (np.stack([cells[i] for i in order]),
+            [(regions[i][1], regions[i][2]) for i in order])
+
+
+def arm_model(arm: str, seed: int, args: argparse.Namespace) -> torch.nn.Module | None:
+    """The trained model of (arm, seed), or None when it was not kept."""
+    if arm == "authors":
+        weights = args.work / "runs" / f"authors-s{seed}.pt"
+        if not weights.exists():
+            return None
+        sys.path.insert(0, str(args.authors_repo))
+        resnet18_enc_dec = importlib.import_module("model.resnet").resnet18_enc_dec
+        model = resnet18_enc_dec(num_classes=1, in_channels=1, final_activation="identity")
+        model.load_state_dict(torch.load(weights, map_location="cpu"))
+        return model.eval()
+    run_dir = args.work / "runs" / f"{arm}-s{seed}"
+    return load_model(run_dir)[0] if (run_dir / "model.pt").exists() else None
+
+
+def fill_figures(results: dict[str, dict[int, float]], args: argparse.Namespace) -> str:
+    """Median inside/edge ratio of the maps on dark regions per arm (mean over seeds),
+    and WORK/maps.png with the four largest dark regions' maps of each arm's first seed."""
+    cells, regions = dark_regions(args.size)
+    geometry = Geometry(side=args.size, crop=None)
+    lines = [f"| arm | fill (inside / edge of {len(cells)} dark regions), per seed | mean |",
+             "|---|---|---|"]
+    shown: dict[str, np.ndarray] = {}
+    for arm, by_seed in results.items():
+        ratios = {}
+        for seed in sorted(by_seed):
+            model = arm_model(arm, seed, args)
+            if model is None:
+                continue
+            maps = anomaly_maps(model, cells, geometry, "cpu")
+            ratios[seed] = float(np.median([m[inside].mean() / max(m[edge].mean(), 1e-6)
+                                            for m, (inside, edge) in zip(maps, regions,
+                                                                         strict=True)]))
+            shown.setdefault(arm, maps[:4])
+        if ratios:
+            per_seed = ", ".join(f"{s}: {r:.2f}" for s, r in ratios.items())
+            lines.append(f"| {arm} | {per_seed} | {np.mean(list(ratios.values())):.2f} |")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = min(4, len(cells))
+    fig, axes = plt.subplots(rows, 1 + len(shown), figsize=(2 * (1 + len(shown)), 2 * rows),
+                             squeeze=False)
+    for row in range(rows):
+        axes[row, 0].imshow(cells[row][..., 0], cmap="gray", vmin=0, vmax=255)
+        axes[0, 0].set_title("cell")
+        for col, (arm, maps) in enumerate(shown.items(), start=1):
+            axes[row, col].imshow(maps[row], cmap="inferno", vmin=0, vmax=1)
+            axes[0, col].set_title(arm, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(args.work / "maps.png", dpi=80)
+    plt.close(fig)
+    return "\n".join(lines)
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -297,7 +396,7 @@ def main() -> None:
             path.write_text(json.dumps(record, indent=1) + "\n")
             results[arm][seed] = record["image_auroc"]
             print(f"  image AUROC {record['image_auroc']:.4f}", flush=True)
-    text = table(results, args.baseline)
+    text = table(results, args.baseline) + "\n\n" + fill_figures(results, args)
     (args.work / "fidelity.md").write_text(text + "\n")
     print(text)
 
