@@ -22,10 +22,11 @@ from nsa.evaluate.run import evaluate
 from nsa.evaluate.tables import markdown
 from nsa.evaluate.testsets import TestSet
 
+from nsa.cli_app import App
 from nsa.errors import cli_errors
 from nsa.version_option import show_version
 
-app = typer.Typer(
+app = App(
     add_completion=False, no_args_is_help=True,
     help="Evaluate NSA models: image/pixel AUROC and AP, AU-PRO, tables and pictures.",
 )

@@ -23,10 +23,11 @@ from nsa.generate.generation import generate_store, source_settings
 from nsa.generate.images import load_images
 from nsa.generate.sources import Source
 
+from nsa.cli_app import App
 from nsa.errors import UserError, cli_errors
 from nsa.version_option import show_version
 
-app = typer.Typer(
+app = App(
     help="Generate NSA synthetic-anomaly examples into a Zarr shard store (Ray-parallel).",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )

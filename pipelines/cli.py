@@ -10,10 +10,11 @@ from nsa.pipelines.demo import demo_table, run_demo
 from nsa.pipelines.runner import run_pipeline
 from nsa.pipelines.summary import summarise, write_summary
 
+from nsa.cli_app import App
 from nsa.errors import cli_errors
 from nsa.version_option import show_version
 
-app = typer.Typer(
+app = App(
     help="Run NSA end to end (generate -> train -> evaluate) for many categories and seeds.",
     no_args_is_help=True,
     add_completion=False,

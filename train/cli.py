@@ -9,11 +9,12 @@ import typer
 from nsa.train.export import export_command
 from nsa.train.trainer import TrainConfig, train
 
+from nsa.cli_app import App
 from nsa.default_command import DefaultCommandGroup
 from nsa.errors import UserError, cli_errors
 from nsa.version_option import show_version
 
-app = typer.Typer(
+app = App(
     add_completion=False, no_args_is_help=True, cls=DefaultCommandGroup,
     help="Train the NSA model (`nsa-train --shards ... --out RUN`, the same as `nsa-train "
     "train ...`), or export a trained run (`nsa-train export RUN`).",
