@@ -14,7 +14,9 @@ Where the authors' release differs from the method as written, we follow the met
 say so: a patch lands exactly on its sampled box (their ``cv2.seamlessClone`` call moves
 odd-sized and non-rectangular patches by a pixel or more against the label); the label
 region is the union of all patch regions (theirs lets a later patch's box overwrite an
-earlier one's mask); Poisson values are rounded, not truncated. Object masks are not used
+earlier one's mask); Poisson values are rounded, not truncated. The settings
+``patch_placement``, ``label_region``, ``rounding`` and ``pairing`` restore the release's
+choices (docs/method.md §Deviations). Object masks are not used
 with ``same`` or ``cutpaste`` (as in the release). With ``shift`` off, a rescaled patch
 keeps its source centre, moved inward where it would cross the border.
 """
