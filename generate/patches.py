@@ -129,3 +129,24 @@ def box_at(cy: int, cx: int, height: int, width: int) -> Box:
     """The box of a (height, width) patch centred at (cy, cx)."""
     y0, x0 = cy - height // 2, cx - width // 2
     return (y0, x0, y0 + height, x0 + width)
+
+
+def clone_boxes(box: Box, mask: np.ndarray) -> tuple[Box, Box]:
+    """Where ``cv2.seamlessClone`` (OpenCV 4.12) puts a patch that the authors' release
+    centres on ``box``: (the bounding box of ``mask``'s nonzero pixels in patch
+    coordinates, the box of the image it replaces).
+
+    ``mask`` is the patch's (h, w) blending mask with its outer ring zero and some pixel
+    set. The release passes the centre ``(x1 - w // 2, y0 + h // 2)`` (x, y); OpenCV
+    puts the mask's bounding box (height ``bh``, width ``bw``) at ``centre - (bw // 2,
+    bh // 2)``, so a patch of odd width lands one pixel right of its box and a
+    non-rectangular one moves by how far its mask's box is off the centre. The returned
+    box always lies inside ``box``.
+    """
+    y0, x0, y1, x1 = box
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    by0, by1, bx0, bx1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    cy, cx = y0 + (y1 - y0) // 2, x1 - (x1 - x0) // 2
+    dy0, dx0 = cy - (by1 - by0) // 2, cx - (bx1 - bx0) // 2
+    return (by0, bx0, by1, bx1), (dy0, dx0, dy0 + by1 - by0, dx0 + bx1 - bx0)

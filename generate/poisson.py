@@ -15,7 +15,8 @@ Writing the result as destination + correction, the correction solves a Poisson 
 whose right-hand side is the divergence of ``f * mask * (guide - destination gradient)``
 with zero boundary values, so one DST-I per axis (``scipy.fft``) solves it exactly, over
 the box only: the cost does not depend on the image size, and nothing can fail for thin
-or tiny masks (OpenCV 5 asserts on some). Values are rounded to the nearest grey level.
+or tiny masks (OpenCV 5 asserts on some). Values are rounded to the nearest grey level
+(or truncated as OpenCV does, the setting ``rounding``).
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ def solve_dirichlet(rhs: np.ndarray) -> np.ndarray:
 
 
 def poisson_blend(dest: np.ndarray, src: np.ndarray, mask: np.ndarray, mixed: bool,
-                  factor: float = 1.0) -> np.ndarray:
+                  factor: float = 1.0, truncate: bool = False) -> np.ndarray:
     """Blend ``src`` into ``dest`` (both (h, w, C) uint8, same shape) where ``mask`` is set.
 
     ``mask`` is (h, w) uint8 0/1; the caller zeroes its outer ring (as the method does).
     Like OpenCV (4.12), the solve runs on the bounding box of the mask's nonzero pixels,
     whose outer ring keeps the destination's values, and the erosion also eats in from
-    that box's edges. Returns the blended (h, w, C) uint8 box.
+    that box's edges. The solution is rounded to the nearest grey level, or with
+    ``truncate`` cut toward zero as OpenCV does (``static_cast<uchar>`` after clipping to
+    0..255), then clipped. Returns the blended (h, w, C) uint8 box.
     """
     out = dest.copy()
     rows = np.flatnonzero(mask.any(axis=1))
@@ -81,7 +84,7 @@ def poisson_blend(dest: np.ndarray, src: np.ndarray, mask: np.ndarray, mixed: bo
     gy = (sgy - dgy) * weight
     rhs = gx[1:, 1:] - gx[1:, :-1] + gy[1:, 1:] - gy[:-1, 1:]
     interior = d[1:-1, 1:-1] + solve_dirichlet(rhs)
-    np.rint(interior, out=interior)
+    (np.trunc if truncate else np.rint)(interior, out=interior)
     np.clip(interior, 0, 255, out=interior)
     out[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = interior
     return out

@@ -5,7 +5,8 @@ and method default. It validates on construction, and its errors name the settin
 (``setting 'num_patches' = 9 is invalid: ...``). A preset is a row of keyword arguments,
 not a code path. :func:`resolve_settings` turns a preset name plus overrides into the
 model's plain, JSON-serialisable record (``SynthesisSettings.record()``), which holds
-*every* setting, so a store records exactly what made it. The names are the same
+*every* setting (those of :data:`IMPLIED_SETTINGS` only when they differ from the value
+their absence means), so a store records exactly what made it. The names are the same
 everywhere: here, in ``nsa-gen --set``, in a pipeline config's ``[generate] set``, in the
 stored attributes and in the docs.
 
@@ -39,6 +40,18 @@ class SettingsError(UserError):
 MODES = ("normal", "mixed", "mix", "swap", "uniform")
 LABEL_MODES = ("binary", "continuous", "intensity", "logistic-intensity")
 KINDS = ("object", "texture", "xray", "elpv")
+#: Where the project's synthesis differs from the authors' release, each choice is a
+#: setting (docs/method.md §Deviations); the second value of each is the release's.
+LABEL_REGIONS = ("union", "overwrite")
+PATCH_PLACEMENTS = ("box", "seamless-clone")
+ROUNDINGS = ("nearest", "truncate")
+PAIRINGS = ("random", "previous")
+#: The value every store made before these settings existed was made with. A record
+#: leaves such a setting out when it has this value, so those stores (and the pipeline
+#: hashes of their settings) keep their identity; a record without one means this value
+#: whatever the model's default is.
+IMPLIED_SETTINGS = {"label_region": "union", "patch_placement": "box",
+                    "rounding": "nearest", "pairing": "random"}
 #: Kinds whose test images are seen through the centre crop their training crops came from.
 CENTRE_CROP_KINDS = ("object", "xray")
 #: The most patches one example can have; the shard format stores this many boxes.
@@ -126,6 +139,14 @@ class SynthesisSettings(_Model):
     cutpaste: StrictBool = False  # CutPaste patch sampling (supplement)
     tol: Annotated[Real, Field(ge=0, le=255)] = 1.0  # grey levels of change that count
     logistic_params: Pair = [1 / 3, 7.0]  # (k, x0) of the logistic-intensity label
+    #: union of all patch regions, or a later patch's box overwrites an earlier region
+    label_region: Literal[LABEL_REGIONS] = "union"
+    #: Poisson blend written into the sampled box, or placed by its centre as
+    #: cv2.seamlessClone does (the label stays on the box)
+    patch_placement: Literal[PATCH_PLACEMENTS] = "box"
+    rounding: Literal[ROUNDINGS] = "nearest"  # Poisson solution to grey levels
+    #: source drawn at random, or the previous image of a shuffled pass over the images
+    pairing: Literal[PAIRINGS] = "random"
     kind: Literal[KINDS]
     size: Annotated[Integer, Field(ge=16, le=8192)]  # image side in pixels
     unaligned: StrictBool
@@ -177,10 +198,14 @@ class SynthesisSettings(_Model):
 
     def record(self) -> dict[str, Any]:
         """The plain JSON-serialisable dict a store records (no ``white_level`` for 8-bit
-        images, so their records are what they always were)."""
+        images, and none of :data:`IMPLIED_SETTINGS` at its implied value, so such
+        records are what they always were)."""
         record = self.model_dump()
         if record["white_level"] is None:
             del record["white_level"]
+        for name, value in IMPLIED_SETTINGS.items():
+            if record[name] == value:
+                del record[name]
         return record
 
 
@@ -239,7 +264,7 @@ def parse_settings(data: Mapping[str, Any] | SynthesisSettings) -> SynthesisSett
         return data
     if not isinstance(data, Mapping):
         raise SettingsError(f"settings are {type(data).__name__}, not a mapping")
-    data = upgrade_settings(data)
+    data = {**IMPLIED_SETTINGS, **upgrade_settings(data)}
     try:
         return SynthesisSettings.model_validate(data)
     except ValidationError as exc:
@@ -379,7 +404,8 @@ def resolve_settings(name: str, overrides: dict[str, Any] | None = None) -> dict
             f"unknown setting(s) {', '.join(map(repr, unknown))}{renamed}; "
             f"valid names: {', '.join(SETTING_NAMES)}"
         )
-    settings: dict[str, Any] = {"preset": name, **copy.deepcopy(PRESETS[name])}
+    defaults = {key: SynthesisSettings.model_fields[key].default for key in IMPLIED_SETTINGS}
+    settings: dict[str, Any] = {"preset": name, **defaults, **copy.deepcopy(PRESETS[name])}
     augment_given: set[str] = set()
     if "augment" in overrides:
         augment = overrides.pop("augment")

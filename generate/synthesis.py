@@ -14,7 +14,9 @@ Where the authors' release differs from the method as written, we follow the met
 say so: a patch lands exactly on its sampled box (their ``cv2.seamlessClone`` call moves
 odd-sized and non-rectangular patches by a pixel or more against the label); the label
 region is the union of all patch regions (theirs lets a later patch's box overwrite an
-earlier one's mask); Poisson values are rounded, not truncated. Object masks are not used
+earlier one's mask); Poisson values are rounded, not truncated. The settings
+``patch_placement``, ``label_region``, ``rounding`` and ``pairing`` restore the release's
+choices (docs/method.md §Deviations). Object masks are not used
 with ``same`` or ``cutpaste`` (as in the release). With ``shift`` off, a rescaled patch
 keeps its source centre, moved inward where it would cross the border.
 """
@@ -33,7 +35,7 @@ from nsa.generate.labels import label_map
 from nsa.generate.objects import object_mask
 from nsa.generate.poisson import poisson_blend
 from nsa.generate.presets import SynthesisSettings, parse_settings
-from nsa.generate.rng import example_rng
+from nsa.generate.rng import epoch_rng, example_rng
 
 from nsa.errors import UserError
 
@@ -269,8 +271,20 @@ class _Synthesizer:
                 return
             # the authors pass the factor to OpenCV as a mask value of ceil(255 f)
             weight = math.ceil(self.factor * 255) / 255
-            dest_area[...] = poisson_blend(dest_area, patch, mask, mode == "mixed", weight)
-        self.region[y0:y1, x0:x1] |= region
+            truncate = self.p.rounding == "truncate"
+            if self.p.patch_placement == "box":
+                dest_area[...] = poisson_blend(dest_area, patch, mask, mode == "mixed",
+                                               weight, truncate)
+            else:
+                (py0, px0, py1, px1), (dy0, dx0, dy1, dx1) = geometry.clone_boxes(box, mask)
+                window = self.result[dy0:dy1, dx0:dx1]
+                window[...] = poisson_blend(window, patch[py0:py1, px0:px1],
+                                            mask[py0:py1, px0:px1], mode == "mixed",
+                                            weight, truncate)
+        if self.p.label_region == "overwrite":
+            self.region[y0:y1, x0:x1] = region
+        else:
+            self.region[y0:y1, x0:x1] |= region
         self.boxes.append(box)
 
 
@@ -349,17 +363,23 @@ def make_example(sources: SourceSet, settings: dict[str, Any], seed: int,
     """Example ``index`` of a run seeded with ``seed``: a pure function of its inputs.
 
     Draws the destination and a different source (the same with ``same``) from the
-    example's own stream, then calls the synthesis with cached object masks.
+    example's own stream (``pairing = "previous"``: :func:`previous_pair`), then calls
+    the synthesis with cached object masks.
     """
     rng = example_rng(seed, index)
     p = parse_settings(settings)
     n = len(sources)
-    dest_index = int(rng.integers(n))
-    if p.same or n < 2:
-        source_index = dest_index
+    if p.pairing == "previous":
+        dest_index, source_index = previous_pair(seed, index, n)
+        if p.same:
+            source_index = dest_index
     else:
-        source_index = int(rng.integers(n - 1))
-        source_index += source_index >= dest_index
+        dest_index = int(rng.integers(n))
+        if p.same or n < 2:
+            source_index = dest_index
+        else:
+            source_index = int(rng.integers(n - 1))
+            source_index += source_index >= dest_index
     dest, src = sources.images[dest_index], sources.images[source_index]
     check_image_size(dest.shape[0], dest.shape[1], settings)
     if p.uses_object_masks:
@@ -370,3 +390,30 @@ def make_example(sources: SourceSet, settings: dict[str, Any], seed: int,
         example = _Synthesizer(dest, src, p, rng, None, None).run()
     example.dest_index, example.source_index = dest_index, source_index
     return example
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The (n,) int64 order in which pass ``epoch`` over ``n`` images visits them."""
+    return epoch_rng(seed, epoch).permutation(n)
+
+
+def previous_pair(seed: int, index: int, n: int) -> tuple[int, int]:
+    """(destination, source) of example ``index`` with ``pairing = "previous"``.
+
+    As the authors' data loader: examples are passes over the ``n`` images, each pass in
+    its own shuffled order (:func:`epoch_order`); example ``i`` is position ``i % n`` of
+    pass ``i // n``, and its source is the image visited just before it (the last image
+    of the previous pass at a pass's start; before the first pass, an image drawn from
+    pass 0's stream after its order). The source may equal the destination.
+    """
+    epoch, position = divmod(index, n)
+    order = epoch_order(seed, epoch, n)
+    if position > 0:
+        source = order[position - 1]
+    elif epoch > 0:
+        source = epoch_order(seed, epoch - 1, n)[-1]
+    else:
+        rng = epoch_rng(seed, 0)
+        rng.permutation(n)  # pass 0's order, then the image before it
+        source = rng.integers(n)
+    return int(order[position]), int(source)
