@@ -37,7 +37,7 @@ from nsa.train.data import (
     shared_memory_fits,
 )
 from nsa.train.devices import resolve_device
-from nsa.train.model import DEFAULT_FINAL_LAYER, FINAL_LAYERS, NSAModel
+from nsa.train.model import DEFAULT_FINAL_LAYER, FINAL_LAYERS, FinalLayer, NSAModel
 from nsa.train.plots import plot_loss, plot_predictions
 from torch import nn
 
@@ -77,7 +77,7 @@ class TrainConfig:
     progress: bool = True
     #: The decoder's last x2 layer: ``resize-conv`` or ``transposed`` (the release's; see
     #: :func:`nsa.train.model.make_final_layer`). Runs recorded without it are resize-conv.
-    final_layer: str = DEFAULT_FINAL_LAYER
+    final_layer: FinalLayer = DEFAULT_FINAL_LAYER
     #: Loader streams per worker, chosen at the start (``loader_workers`` or fewer when
     #: the stores are too small to feed that many); recorded so that a resume reads the
     #: same. Not an option.
