@@ -40,9 +40,12 @@ def test_a_transposed_run_predicts_and_evaluates_with_its_own_layer(
     predict(transposed_run, good, tmp_path / "p", progress=False)
     image = np.load(tmp_path / "p" / "maps" / "000.npy")
     assert image.shape == (64, 64) and np.isfinite(image).all()
-    row = evaluate([mvtec_testset(root, "widget")], transposed_run, tmp_path / "e",
-                   max_pictures=0, progress=False)["categories"]["widget"]
-    assert 0 <= row["image_auroc"] <= 1
+    record = json.loads((tmp_path / "p" / "predict.json").read_text())
+    assert record["model"]["final_layer"] == "transposed"
+    result = evaluate([mvtec_testset(root, "widget")], transposed_run, tmp_path / "e",
+                      max_pictures=0, progress=False)
+    assert 0 <= result["categories"]["widget"]["image_auroc"] <= 1
+    assert result["model"]["final_layer"] == "transposed"
 
 
 def test_its_weights_do_not_load_into_the_default_model(transposed_run: Path,
@@ -60,7 +63,10 @@ def test_its_weights_do_not_load_into_the_default_model(transposed_run: Path,
 def test_onnx_and_torchscript_exports_hold_the_transposed_layer(transposed_run: Path,
                                                                 tmp_path: Path) -> None:
     run = Path(shutil.copytree(transposed_run, tmp_path / "run"))
-    graph = onnx.load(str(export_model(run, "onnx"))).graph
+    exported = onnx.load(str(export_model(run, "onnx")))
+    meta = json.loads({p.key: p.value for p in exported.metadata_props}["nsa_pipeline"])
+    assert meta["final_layer"] == "transposed"
+    graph = exported.graph
     ups = [node for node in graph.node if node.op_type == "ConvTranspose"]
     assert len(ups) == 4  # three residual blocks and the final layer
     attributes = {a.name: list(a.ints) for a in ups[-1].attribute}
