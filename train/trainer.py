@@ -248,7 +248,9 @@ def resume_config(config: TrainConfig, given: Collection[str] | None) -> tuple[P
     run (it cannot change without making another run), and when there is no checkpoint.
     """
     run_dir = Path(config.resume)
-    saved = ckpt.read_config(run_dir)["config"]
+    record = ckpt.read_config(run_dir)
+    ckpt.final_layer_of(run_dir, record)  # UserError naming config.json for an unknown one
+    saved = record["config"]
     saved = {RENAMED.get(key, key): value for key, value in saved.items()}
     known = {f.name for f in fields(TrainConfig)}
     recorded = TrainConfig(**{k: v for k, v in saved.items() if k in known})

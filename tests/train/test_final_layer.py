@@ -109,3 +109,5 @@ def test_a_config_json_naming_an_unknown_final_layer_is_refused_naming_it(tmp_pa
     (run / "model.pt").write_bytes(b"")
     with pytest.raises(UserError, match=r"config.json: final_layer 'deconv' is not one"):
         load_model(run)
+    with pytest.raises(UserError, match=r"config.json: final_layer 'deconv' is not one"):
+        resume_config(TrainConfig(resume=str(run)), given=[])
