@@ -83,7 +83,7 @@ class TorchBackend:
         return {"kind": "torch", "run": str(Path(self.run_dir).resolve()),
                 "model_sha256": self.model_sha256, "device": str(self.run.device),
                 "preset": settings.get("preset"), "geometry": self.geometry.record(),
-                "channels": self.channels}
+                "channels": self.channels, "final_layer": self.run.net.final_layer}
 
 
 @dataclass

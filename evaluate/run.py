@@ -290,6 +290,7 @@ def evaluate(
             "preset": (config.get("settings") or {}).get("preset"),
             "kind": (config.get("settings") or {}).get("kind"),
             "channels": channels,
+            "final_layer": net.final_layer,
             "white_level": run.white_level,
             "geometry": geometry.record(),
         },

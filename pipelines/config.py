@@ -54,6 +54,7 @@ from nsa.generate.generation import source_settings
 from nsa.generate.presets import PRESETS, paper_budget
 from nsa.generate.shards import DEFAULT_CHUNK_SIZE
 from nsa.generate.sources import Source
+from nsa.train.model import FinalLayer
 from nsa.train.trainer import TrainConfig, check_config
 from pydantic import AliasChoices, BaseModel, Field, PlainValidator, ValidationError
 
@@ -120,6 +121,7 @@ class TrainOptions(_Table):
     checkpoint_every: PositiveInt | None = None
     log_every: PositiveInt | None = None
     predictions: NonNegativeInt | None = None
+    final_layer: FinalLayer | None = None
     workers: PositiveInt | None = Field(
         None, validation_alias=AliasChoices("workers", "num_workers"))
 

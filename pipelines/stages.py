@@ -9,7 +9,9 @@ exactly what changes that stage's outputs, and the hash of the stage it reads fr
   resolved synthesis settings (preset, overrides, size), ``n``, the seed and the chunk
   size; not ``workers``, nor the other categories of the config;
 - train: the generate hash and every ``TrainConfig`` setting except those that change
-  only where or how fast it runs (:data:`TRAIN_RUNTIME`);
+  only where or how fast it runs (:data:`TRAIN_RUNTIME`); a setting added since
+  (:data:`TRAIN_ADDED`) only when it is not at its default, so that folders made before
+  it existed keep their hash;
 - evaluate: the train hash, the test set (the category's test entries), the protocol and
   ``max_pictures``; not the device or batch size.
 
@@ -41,6 +43,7 @@ from nsa.pipelines.markers import (
     write_marker,
 )
 from nsa.train.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE
+from nsa.train.model import DEFAULT_FINAL_LAYER
 from nsa.train.trainer import TrainConfig, train
 
 STAGES = ("generate", "train", "evaluate")
@@ -48,6 +51,9 @@ STAGES = ("generate", "train", "evaluate")
 #: pipeline itself), never what it produces.
 TRAIN_RUNTIME = ("shards", "out", "resume", "address", "overwrite", "progress", "device",
                  "threads", "checkpoint_every")
+#: ``TrainConfig`` settings added after pipelines had hashed the others, with their
+#: defaults (what runs made before them used): at the default they stay out of the hash.
+TRAIN_ADDED = {"final_layer": DEFAULT_FINAL_LAYER}
 #: ``evaluate`` options that change where or how fast it runs, never the metrics.
 EVALUATE_RUNTIME = ("device", "batch_size", "progress")
 #: ``evaluate``'s own defaults, so that a config giving one explicitly hashes the same.
@@ -96,7 +102,8 @@ def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
     train_settings = asdict(TrainConfig(**train_opts))
     train_hash = settings_hash({
         "generate": gen_hash,
-        **{k: v for k, v in train_settings.items() if k not in TRAIN_RUNTIME},
+        **{k: v for k, v in train_settings.items()
+           if k not in TRAIN_RUNTIME and not (k in TRAIN_ADDED and v == TRAIN_ADDED[k])},
     })
     evaluate_opts = config.evaluate.given()
     eval_settings = {**EVALUATE_DEFAULTS, **evaluate_opts}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nsa.train.model import NSAModel
+from nsa.train.model import DEFAULT_FINAL_LAYER, FINAL_LAYERS, NSAModel
 
 from nsa.errors import UserError
 
@@ -148,9 +148,20 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
             f"{run_dir}: no trained model ({MODEL_FILE}); training did not finish, "
             f"continue it with `nsa-train --resume {run_dir}`"
         )
-    model = NSAModel(int(config["channels"]))
+    model = NSAModel(int(config["channels"]), final_layer_of(run_dir, config))
     load_weights(model, load_state(path), path)
     return model.to(device).eval(), config
+
+
+def final_layer_of(run_dir: str | Path, config: dict[str, Any]) -> str:
+    """The final layer the run's model was built with (its ``config.json``); runs
+    recorded before the setting existed have none and are ``resize-conv``. UserError
+    naming the file for a name this version does not know."""
+    name = (config.get("config") or {}).get("final_layer", DEFAULT_FINAL_LAYER)
+    if name not in FINAL_LAYERS:
+        raise UserError(f"{Path(run_dir) / CONFIG_FILE}: final_layer {name!r} is not one this "
+                        f"version builds ({', '.join(FINAL_LAYERS)})")
+    return name
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:

@@ -77,6 +77,11 @@ def main(
     predictions: int = typer.Option(
         None, show_default=_default("predictions"), help="Training examples in predictions.png.",
     ),
+    final_layer: str = typer.Option(
+        None, show_default=_default("final_layer"),
+        help="The decoder's last x2 layer: resize-conv (bilinear x2 then a 7x7 convolution) "
+        "or transposed (the authors' release: a 7x7 stride-2 transposed convolution).",
+    ),
     workers: int = typer.Option(
         None, show_default=_default("workers"),
         help="Ray Train workers: DDP processes, one per GPU (or CPU process); 1 trains here.",
@@ -110,7 +115,8 @@ def main(
             "batch_size": batch_size, "lr": lr, "min_lr": min_lr, "seed": seed,
             "device": device, "threads": threads, "loader_workers": loader_workers,
             "shuffle_chunks": shuffle_chunks, "checkpoint_every": checkpoint_every,
-            "log_every": log_every, "predictions": predictions, "workers": workers,
+            "log_every": log_every, "predictions": predictions, "final_layer": final_layer,
+            "workers": workers,
             "address": address, "overwrite": overwrite or None, "progress": progress,
         }
         given = {name: value for name, value in options.items() if value is not None}

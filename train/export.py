@@ -5,8 +5,8 @@ anomaly map: input ``image`` float32 (N, C, S, S) in [0, 1] (S: the side the mod
 the centre crop for objects), output ``anomaly_map`` float32 (N, 1, S, S) in [0, 1]; the
 batch is dynamic. Everything else a user needs travels inside the file as JSON
 (:func:`export_metadata`): the preprocessing (resize to ``side``, RGB or grey, divide by
-255, NCHW, centre crop and zero padding back), the run's settings and model hash, and the
-calibration (``calibration.json``) when the run has one — export again after
+255, NCHW, centre crop and zero padding back), the run's settings, final layer and model
+hash, and the calibration (``calibration.json``) when the run has one — export again after
 calibrating. ONNX keeps it in the metadata entry ``nsa_pipeline``; TorchScript in the
 extra file ``nsa_pipeline.json``.
 
@@ -30,7 +30,7 @@ import typer
 from nsa.evaluate.backends import ONNX_METADATA_KEY, read_calibration
 from nsa.evaluate.calibration import file_sha256
 from nsa.evaluate.inference import Geometry
-from nsa.train.checkpoint import MODEL_FILE, load_model, write_atomic
+from nsa.train.checkpoint import MODEL_FILE, final_layer_of, load_model, write_atomic
 
 from nsa.errors import UserError, cli_errors, writing
 from nsa.versions import package_versions
@@ -66,6 +66,7 @@ def export_metadata(run_dir: Path, config: dict[str, Any], fmt: str) -> dict[str
         "preset": settings.get("preset"),
         "geometry": geometry.record(),
         "channels": channels,
+        "final_layer": final_layer_of(run_dir, config),
         "preprocessing": {
             "read": "RGB" if channels == 3 else "grey", "resize": "square side x side "
             "(OpenCV area when shrinking, bilinear when enlarging)",

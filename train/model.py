@@ -22,9 +22,15 @@ gets fewer taps than the first (a fixed bright edge pixel, see docs/method.md §
   convolution's four parity sub-kernels learn different sums; on the tiny test stores
   after 32 steps the period-2 component of the logits was 0.126 (std 1.42) with an
   8x8 transposed final layer and 0.0096 (std 1.78) with this one.
+
+``NSAModel(..., final_layer="transposed")`` (``nsa-train --final-layer transposed``) ends
+the decoder with the release's final layer instead: a 7x7 stride-2 transposed
+convolution, padding 3, ``output_padding`` 1, no bias (:func:`make_final_layer`).
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import torch
 from nsa.generate.presets import MODEL_STRIDE
@@ -68,18 +74,43 @@ class FinalUpsample(nn.Sequential):
         )
 
 
+#: The decoder's last x2 layer (``nsa-train --final-layer``): ``resize-conv`` is
+#: :class:`FinalUpsample`; ``transposed`` is the authors' release's transposed convolution.
+FinalLayer = Literal["resize-conv", "transposed"]
+FINAL_LAYERS: tuple[str, ...] = get_args(FinalLayer)
+DEFAULT_FINAL_LAYER: FinalLayer = "resize-conv"
+
+
+def make_final_layer(final_layer: str, in_channels: int) -> nn.Module:
+    """The last x2 layer, (N, ``in_channels``, H, W) -> (N, 1, 2H, 2W) logits.
+
+    ``resize-conv``: :class:`FinalUpsample`. ``transposed``: the release's
+    ``ConvTranspose2d(in_channels, 1, kernel_size=7, stride=2, padding=3,
+    output_padding=1, bias=False)``. Raises ValueError for another name.
+    """
+    if final_layer == "resize-conv":
+        return FinalUpsample(in_channels)
+    if final_layer == "transposed":
+        return nn.ConvTranspose2d(in_channels, 1, kernel_size=7, stride=2, padding=3,
+                                  output_padding=1, bias=False)
+    raise ValueError(f"final_layer must be one of {', '.join(FINAL_LAYERS)}, not {final_layer!r}")
+
+
 class NSAModel(nn.Module):
     """NSA encoder-decoder for ``in_channels`` (1 or 3) channel images in [0, 1].
 
     ``forward(x)`` with x of shape (N, C, H, W), H and W multiples of 32, returns
-    logits of shape (N, 1, H, W).
+    logits of shape (N, 1, H, W). ``final_layer`` names the decoder's last layer
+    (:data:`FINAL_LAYERS`, see :func:`make_final_layer`). Raises ValueError for another
+    channel count or final layer.
     """
 
-    def __init__(self, in_channels: int) -> None:
+    def __init__(self, in_channels: int, final_layer: str = DEFAULT_FINAL_LAYER) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, not {in_channels}")
         self.in_channels = in_channels
+        self.final_layer = final_layer
         backbone = resnet18(weights=None)
         if in_channels != 3:
             old = backbone.conv1
@@ -100,7 +131,7 @@ class NSAModel(nn.Module):
             TransposedResidualBlock(64, 32),
             TransposedResidualBlock(32, 16),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            FinalUpsample(16),
+            make_final_layer(final_layer, 16),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

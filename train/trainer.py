@@ -37,7 +37,7 @@ from nsa.train.data import (
     shared_memory_fits,
 )
 from nsa.train.devices import resolve_device
-from nsa.train.model import NSAModel
+from nsa.train.model import DEFAULT_FINAL_LAYER, FINAL_LAYERS, FinalLayer, NSAModel
 from nsa.train.plots import plot_loss, plot_predictions
 from torch import nn
 
@@ -75,6 +75,9 @@ class TrainConfig:
     address: str | None = None
     overwrite: bool = False
     progress: bool = True
+    #: The decoder's last x2 layer: ``resize-conv`` or ``transposed`` (the release's; see
+    #: :func:`nsa.train.model.make_final_layer`). Runs recorded without it are resize-conv.
+    final_layer: FinalLayer = DEFAULT_FINAL_LAYER
     #: Loader streams per worker, chosen at the start (``loader_workers`` or fewer when
     #: the stores are too small to feed that many); recorded so that a resume reads the
     #: same. Not an option.
@@ -95,6 +98,9 @@ def available_cores() -> int:
 
 def check_config(config: TrainConfig) -> None:
     """Refuse option values that cannot make a run, naming the option."""
+    if config.final_layer not in FINAL_LAYERS:
+        raise UserError(f"--final-layer: {config.final_layer!r} is not a final layer "
+                        f"(choose {' or '.join(FINAL_LAYERS)})")
     if (config.epochs is None) == (config.steps is None):
         raise UserError("give exactly one of --epochs or --steps")
     for name in ("epochs", "steps"):
@@ -242,7 +248,9 @@ def resume_config(config: TrainConfig, given: Collection[str] | None) -> tuple[P
     run (it cannot change without making another run), and when there is no checkpoint.
     """
     run_dir = Path(config.resume)
-    saved = ckpt.read_config(run_dir)["config"]
+    record = ckpt.read_config(run_dir)
+    ckpt.final_layer_of(run_dir, record)  # UserError naming config.json for an unknown one
+    saved = record["config"]
     saved = {RENAMED.get(key, key): value for key, value in saved.items()}
     known = {f.name for f in fields(TrainConfig)}
     recorded = TrainConfig(**{k: v for k, v in saved.items() if k in known})
@@ -311,11 +319,11 @@ def run_record(config: TrainConfig, stores: list[StoreInfo], dataset: ShardStrea
     }
 
 
-def build_model(channels: int, seed: int) -> NSAModel:
+def build_model(channels: int, seed: int, final_layer: str = DEFAULT_FINAL_LAYER) -> NSAModel:
     """The model with initial weights drawn from ``seed`` alone (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return NSAModel(channels)
+        return NSAModel(channels, final_layer)
 
 
 class Run:
@@ -333,7 +341,7 @@ class Run:
         self.dataset = make_dataset(config, stores, rank, world, device)
         self._share_batches_safely()
         self.total = total_steps(config, self.dataset)
-        self.model = build_model(self.channels, config.seed).to(device)
+        self.model = build_model(self.channels, config.seed, config.final_layer).to(device)
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)

@@ -58,16 +58,26 @@ def write_training_store(path: Path, n: int = 16, chunk_size: int = 8) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _train_run(base: Path, final_layer: str = "resize-conv") -> Path:
     """A run directory of nsa-train after two optimiser steps on 32 px crops."""
-    base = tmp_path_factory.mktemp("run")
     store = write_training_store(base / "train.zarr")
     return train(TrainConfig(
         shards=[str(store)], out=str(base / "run"), steps=2, batch_size=8, device="cpu",
         threads=1, loader_workers=0, checkpoint_every=100, log_every=1, predictions=1,
-        progress=False,
+        progress=False, final_layer=final_layer,
     ))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory of nsa-train after two optimiser steps on 32 px crops."""
+    return _train_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="session")
+def transposed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same run with ``--final-layer transposed`` (the release's final layer)."""
+    return _train_run(tmp_path_factory.mktemp("transposed-run"), "transposed")
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> Path:

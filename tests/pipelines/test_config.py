@@ -105,6 +105,8 @@ def test_settings_are_resolved_as_generation_resolves_them(tmp_path):
     ("seeds = [0, 1]", "seeds = []", "seeds: must not be empty"),
     ("steps = 2", "steps = 2\nbatch_size = 0", "[train] batch_size: must be at least 1"),
     ("steps = 2", 'steps = 2\ndevice = "gpu"', "[train] device: must be"),
+    ("steps = 2", 'steps = 2\nfinal_layer = "deconv"',
+     '[train] final_layer: must be "resize-conv" or "transposed", not "deconv"'),
     ('kind = "mvtec"', 'kind = "nope"', "[source] kind: must be one of mvtec, chestxray"),
     ('"zipper"]', '"zippr"]', "[source] categories: 'zippr' is not an MVTec AD category "
      "(did you mean 'zipper'?)"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nsa.pipelines.config import load_config
+from nsa.pipelines.markers import settings_hash
 from nsa.pipelines.stages import plan_job
 
 
@@ -58,3 +59,28 @@ def test_the_protocol_changes_the_evaluate_hash_only(tiny_config, tmp_path):
     after = hashes(tiny_config(tmp_path / "b.toml", tmp_path, tmp_path / "o",
                                protocol="mvtec"))
     assert after["train"] == before["train"] and after["evaluate"] != before["evaluate"]
+
+
+#: What the train hash of the tiny config's jobs held before ``final_layer`` existed
+#: (every hashed TrainConfig setting then, at the values the config gives).
+TINY_TRAIN_SETTINGS_BEFORE_FINAL_LAYER = {
+    "epochs": None, "steps": 2, "batch_size": 8, "lr": 0.001, "min_lr": 1e-06, "seed": 0,
+    "loader_workers": 0, "shuffle_chunks": 8, "log_every": 10, "predictions": 4,
+    "workers": 1, "loader_streams": None,
+}
+
+
+def test_final_layer_enters_the_train_hash_only_when_not_the_default(tiny_config, tmp_path):
+    path = tiny_config(tmp_path / "a.toml", tmp_path, tmp_path / "o")
+    text = path.read_text()
+    before = hashes(path)
+    # pipeline folders made before the setting existed keep their train hash
+    assert before["train"] == settings_hash(
+        {"generate": before["generate"], **TINY_TRAIN_SETTINGS_BEFORE_FINAL_LAYER})
+    named = hashes(path, text.replace("[train]\n", '[train]\nfinal_layer = "resize-conv"\n'))
+    assert named == before
+    after = hashes(path, text.replace("[train]\n", '[train]\nfinal_layer = "transposed"\n'))
+    assert after["generate"] == before["generate"]
+    assert after["train"] != before["train"] and after["evaluate"] != before["evaluate"]
+    config = load_config(path)
+    assert plan_job(config, config.jobs()[0]).train["final_layer"] == "transposed"

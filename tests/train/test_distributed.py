@@ -1,4 +1,5 @@
-"""--workers 2: Ray Train runs the same loop on two DDP workers (gloo on the CPU)."""
+"""--workers 2: Ray Train runs the same loop on two DDP workers (gloo on the CPU), with
+the run's model (here the non-default ``--final-layer transposed``)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ def test_two_ray_train_workers_train_one_model(tmp_path, make_store):
     store = make_store(tmp_path / "s.zarr", n=64, chunk_size=8)
     run = train(TrainConfig(shards=[str(store)], out=str(tmp_path / "run"), steps=4,
                             batch_size=8, workers=2, loader_workers=0, progress=False,
-                            log_every=1))
+                            log_every=1, final_layer="transposed"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     model, config = load_model(run)
     assert config["config"]["workers"] == 2
+    assert config["config"]["final_layer"] == "transposed"
+    assert model.decoder[-1].weight.shape == (16, 1, 7, 7)  # what the workers trained
     assert not model.training
