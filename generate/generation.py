@@ -135,6 +135,18 @@ def _is_store(path: Location) -> bool:
     return True
 
 
+def _existing_hint(out: Location) -> str:
+    """What to do about an existing ``out``: finish an interrupted store, replace a
+    complete one, or choose another path for anything that is not an NSA store."""
+    if not _is_store(out):
+        return "it is not an NSA store: choose another --out"
+    try:
+        shards.open_store(out)
+    except shards.StoreError:
+        return "pass --resume to finish it or --overwrite to replace it"
+    return "it is a complete store (nsa-gen verify checks it): pass --overwrite to replace it"
+
+
 def _check_out(out: Location, resume: bool, overwrite: bool) -> None:
     if not shards.store_exists(out):
         return
@@ -148,8 +160,7 @@ def _check_out(out: Location, resume: bool, overwrite: bool) -> None:
             raise UserError(f"{out}: --resume needs an NSA store here ({reason})") from None
         return
     if not overwrite:
-        raise UserError(f"{out} already exists; pass --resume to finish it or --overwrite "
-                        "to replace it")
+        raise UserError(f"{out} already exists; {_existing_hint(out)}")
     if not _is_store(out) and (isinstance(out, S3Location) or not out.path.is_dir()
                                or any(out.path.iterdir())):
         raise UserError(f"{out}: --overwrite replaces only NSA stores, and this is not one")

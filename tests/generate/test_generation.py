@@ -124,9 +124,19 @@ def test_resume_refuses_a_store_made_from_other_images(mvtec_root, local_ray, tm
 
 def test_existing_store_is_kept_without_resume_or_overwrite(source, reference):
     before = _arrays(reference)["checksums"]
-    with pytest.raises(UserError, match=r"already exists.*--resume.*--overwrite"):
+    with pytest.raises(UserError, match=r"already exists; it is a complete store") as info:
         _generate(source, reference, seed=9)
+    assert "--overwrite" in str(info.value) and "--resume" not in str(info.value)
     assert np.array_equal(_arrays(reference)["checksums"], before)
+
+
+def test_existing_folder_that_is_not_a_store_asks_for_another_out(source, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"already exists; it is not an NSA store: choose "
+                       r"another --out"):
+        _generate(source, tmp_path / "photos")
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.png"]
 
 
 def test_overwrite_refuses_a_directory_that_is_not_a_store(source, tmp_path):
