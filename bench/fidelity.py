@@ -45,7 +45,7 @@ continues where it stopped (``--redo`` forgets them). The table prints each arm'
 t-interval of that difference (seeds are independent draws; the release's random
 streams cannot be paired with ours). It is also written to ``WORK/fidelity.md``.
 
-Run (about 5 minutes per arm and seed on 2 CPU cores)::
+Run (about 6 minutes per arm and seed on 2 CPU cores; ``--device cuda`` on a GPU)::
 
     git clone https://github.com/hmsch/natural-synthetic-anomalies /tmp/nsa-release
     .venv/bin/python bench/fidelity.py --authors-repo /tmp/nsa-release \\
@@ -78,6 +78,7 @@ from nsa.generate.images import read_images, resize_square
 from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import elpv_source
 from nsa.train.checkpoint import load_model
+from nsa.train.devices import resolve_device
 from scipy import stats
 
 CELL_TYPE = "mono"
@@ -129,12 +130,12 @@ def project_arm(arm: str, seed: int, args: argparse.Namespace, work: Path) -> di
     run_dir = work / "runs" / f"{arm}-s{seed}"
     run([str(BIN / "nsa-train"), "--shards", str(store), "--out", str(run_dir), "--overwrite",
          "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seed", str(seed),
-         "--device", "cpu", "--no-progress", *train_extra], log)
+         "--device", args.device, "--no-progress", *train_extra], log)
     trained = time.perf_counter()
     evaluation = work / "evals" / f"{arm}-s{seed}"
     run([str(BIN / "nsa-eval"), "elpv", "--type", CELL_TYPE, "--model", str(run_dir),
          "--out", str(evaluation), "--protocol", "nsa", "--max-pictures", "0",
-         "--no-progress"], log)
+         "--device", args.device, "--no-progress"], log)
     metrics = json.loads((evaluation / "metrics.json").read_text())
     value = metrics["categories"][f"elpv-{CELL_TYPE}"]["image_auroc"]
     return {"image_auroc": value, "generate_s": generated - started,
@@ -225,7 +226,9 @@ def authors_arm(seed: int, args: argparse.Namespace, work: Path) -> dict[str, An
     dataset = ReleaseStream(images, patch_ex, release_arguments(settings))
     loader = torch.utils.data.DataLoader(dataset, args.batch_size, shuffle=True,
                                          num_workers=0, drop_last=True)
+    device = resolve_device(args.device)
     model = resnet18_enc_dec(num_classes=1, in_channels=1, final_activation="identity")
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps, eta_min=1e-6)
     loss_function = torch.nn.BCEWithLogitsLoss()
@@ -234,7 +237,7 @@ def authors_arm(seed: int, args: argparse.Namespace, work: Path) -> dict[str, An
     while step < args.steps:
         for pixels, label in loader:
             optimizer.zero_grad()
-            loss = loss_function(model(pixels), label)
+            loss = loss_function(model(pixels.to(device)), label.to(device))
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -243,7 +246,7 @@ def authors_arm(seed: int, args: argparse.Namespace, work: Path) -> dict[str, An
             if step == args.steps:
                 break
     trained = time.perf_counter()
-    torch.save(model.state_dict(), work / "runs" / f"authors-s{seed}.pt")
+    torch.save(model.cpu().state_dict(), work / "runs" / f"authors-s{seed}.pt")
     scored = score_testset(model.eval(), elpv_testset(CELL_TYPE),
                            geometry=Geometry(side=args.size, crop=None), channels=1,
                            protocol="nsa", device=torch.device("cpu"), batch_size=16,
@@ -391,6 +394,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--baseline", default="authors", choices=ARMS)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or auto for training and scoring every arm")
     parser.add_argument("--redo", action="store_true", help="forget kept results")
     args = parser.parse_args()
     if args.n % args.batch_size:
@@ -420,7 +425,7 @@ def main() -> None:
                 record = authors_arm(seed, args, args.work)
             else:
                 record = project_arm(arm, seed, args, args.work)
-            record.update(arm=arm, seed=seed, budget=budget, threads=threads,
+            record.update(arm=arm, seed=seed, budget=budget, threads=threads, device=args.device,
                           machine=platform.processor() or platform.machine(),
                           torch=torch.__version__)
             path.write_text(json.dumps(record, indent=1) + "\n")
