@@ -22,7 +22,9 @@ _RUN_ONE_TASK = """
 import os, ray
 from nsa.ray_session import check_reachable, ray_session
 with ray_session(None, 1):
-    print(os.getpid(), ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid())
+    task = ray.remote(lambda: (os.getpid(), os.environ.get("RAY_enable_metrics_collection")))
+    worker, metrics = ray.get(task.remote())
+    print(os.getpid(), worker != os.getpid(), metrics)
 """
 
 
@@ -33,8 +35,9 @@ def test_local_session_runs_tasks_and_writes_nothing_under_home(tmp_path):
     result = subprocess.run([sys.executable, "-c", _RUN_ONE_TASK], capture_output=True,
                             text=True, timeout=300, env={**env, "HOME": str(home)})
     assert result.returncode == 0, result.stderr
-    pid, in_worker = result.stdout.split()
+    pid, in_worker, metrics = result.stdout.split()
     assert in_worker == "True"  # the task ran in a Ray worker process
+    assert metrics == "0"  # Ray's processes collect no metrics that nothing reads
     assert list(home.rglob("*")) == []
     assert list(Path("/tmp").glob(f"nsa-ray-{pid}-*")) == []  # its temp dir is gone
 
