@@ -245,14 +245,25 @@ def _init(address: str | None, option: str, num_cpus: int | None,
         else:
             ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if address:
-            raise UserError(f"{option} {address}: could not connect ({first_line})") from None
-        raise UserError(f"could not start a local Ray ({first_line})") from None
+        raise _init_error(exc, address, option) from None
     except SystemExit as exc:
         if exc.code != signal.SIGTERM:
             raise
         raise Terminated() from None
+    except Exception as exc:
+        if type(exc) is not Exception:  # a bug: keep its traceback
+            raise
+        # Ray raises a plain Exception when its raylet has not registered after 30 s
+        # ("The current node timed out during startup"), seen on an overloaded machine
+        raise _init_error(exc, address, option) from None
     finally:
         if callable(on_sigterm):  # ray.init replaced it
             signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _init_error(exc: Exception, address: str | None, option: str) -> UserError:
+    """The one-line error for a failed ``ray.init``."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if address:
+        return UserError(f"{option} {address}: could not connect ({first_line})")
+    return UserError(f"could not start a local Ray ({first_line})")
