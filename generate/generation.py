@@ -93,9 +93,14 @@ def write_shard(path: Path | Location, sources: SourceSet, settings: dict[str, A
                 shard: int) -> int:
     """Make and write shard ``shard`` of the store at ``path``; return its example count.
 
-    The body of one Ray task; also callable in-process.
+    What one Ray task does (with the store its worker keeps open), callable in-process.
     """
-    store = shards.open_store(path, allow_incomplete=True, mode="r+")
+    return _fill_shard(shards.open_store(path, allow_incomplete=True, mode="r+"), sources,
+                       settings, seed, shard)
+
+
+def _fill_shard(store: shards.Store, sources: SourceSet, settings: dict[str, Any], seed: int,
+                shard: int) -> int:
     span = store.shard_slice(shard)
     store.write_shard(shard, shard_data(sources, settings, seed, range(span.start, span.stop)))
     return span.stop - span.start
@@ -129,9 +134,7 @@ def _write_shard_task(run: str, path: Path | Location, sources_ref: list[Any],
         store = shards.open_store(path, allow_incomplete=True, mode="r+")
         _worker_run = (run, store, ray.get(sources_ref[0]))
     _, store, sources = _worker_run
-    span = store.shard_slice(shard)
-    store.write_shard(shard, shard_data(sources, settings, seed, range(span.start, span.stop)))
-    return span.stop - span.start
+    return _fill_shard(store, sources, settings, seed, shard)
 
 
 def _check_options(n: int, seed: int, workers: int | None, chunk_size: int, resume: bool,
