@@ -10,8 +10,14 @@ machine; every rate is the best of 3 runs:
    shard layout of a large store (``--shard-chunks``, default: that of 200,000 examples)
    and ``--n`` should be a multiple of twice the shard size, so both workers get equal
    work;
-3. bytes per example on disk with the store's compressor;
-4. peak memory of the real command ``nsa-gen elpv --type mono --n N`` (driver plus every
+3. CPU milliseconds per example of the engine (``time.process_time``) and of the
+   generation phase with 1 and 2 workers (summed over the driver and every process of its
+   Ray session, read from ``/proc``: the workers', and the rest's: raylet, GCS, agents, log
+   monitor, driver). Other processes' load distorts these far less than rates. "engine CPU
+   / generation CPU" is the share of the CPU spent that makes examples: with every core
+   busy, 2 workers reach about that share of twice the engine rate, and no more;
+4. bytes per example on disk with the store's compressor;
+5. peak memory of the real command ``nsa-gen elpv --type mono --n N`` (driver plus every
    process it starts, i.e. its session: Ray's services and workers), at two values of N,
    as summed RSS and summed PSS (PSS shares each shared page, such as the object store
    holding the source images, among the processes that map it). A worker's RSS grows
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 from nsa.generate import shards
@@ -47,24 +54,80 @@ from nsa.ray_session import ray_session
 REPEATS = 3
 
 
-def engine_rate(cell_type: str, size: int, n: int) -> float:
-    """Examples/s of ``make_example`` in one process on one thread, as in a task."""
+def engine_rate(cell_type: str, size: int, n: int) -> tuple[float, float]:
+    """Examples/s of ``make_example`` in one process on one thread, as in a task, and its
+    CPU milliseconds per example (both the best of ``REPEATS`` runs)."""
     cv2.setNumThreads(1)
     settings = resolve_settings("elpv", {"size": size})
     sources = prepare_sources(load_images(elpv_source(cell_type).files, size), settings)
     make_example(sources, settings, 0, 0)
-    rates = []
+    rates, cpu = [], []
     for _ in range(REPEATS):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for index in range(n):
             make_example(sources, settings, 0, index)
         rates.append(n / (time.perf_counter() - start))
-    return max(rates)
+        cpu.append(1e3 * (time.process_time() - start_cpu) / n)
+    return max(rates), min(cpu)
+
+
+class GenerationFigures(NamedTuple):
+    """Best of ``REPEATS`` timed runs: examples/s, and CPU ms per example in the Ray
+    workers and in every other process of the session (driver, raylet, GCS, agents)."""
+
+    rate: float
+    worker_cpu_ms: float
+    other_cpu_ms: float
+
+
+def _cpu_seconds(pid: int) -> tuple[str, float] | None:
+    """(command line, user + system CPU seconds of all its threads) of ``pid``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state ppid ... utime stime
+    return command, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of this process and each of its descendants (a local Ray's services
+    are its children, Ray's workers their children), by pid."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    tree, todo = [], [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return {pid: cpu for pid in tree if (cpu := _cpu_seconds(pid)) is not None}
+
+
+def _cpu_split(before: dict[int, tuple[str, float]],
+               after: dict[int, tuple[str, float]]) -> tuple[float, float]:
+    """CPU seconds spent between two :func:`_tree_cpu` readings in Ray's workers (titled
+    ``ray::<task>`` or ``ray::IDLE``) and in every other process."""
+    workers = other = 0.0
+    for pid, (command, cpu) in after.items():
+        spent = cpu - before.get(pid, (command, 0.0))[1]
+        if command.startswith("ray::") and not command.endswith("Agent"):
+            workers += spent
+        else:
+            other += spent
+    return workers, other
 
 
 def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path,
-                    shard_chunks: int) -> float:
-    """Examples/s of the generation phase (``run_shards``) with ``workers`` tasks at once.
+                    shard_chunks: int) -> GenerationFigures:
+    """Examples/s and CPU per example of the generation phase (``run_shards``) with
+    ``workers`` tasks at once.
 
     Ray is started, the workers warmed up (first tasks import the engine) and the images
     loaded before the clock starts: this is the rate a long run settles at.
@@ -84,13 +147,16 @@ def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path,
     with ray_session(None, workers):
         warm = store(f"warm{workers}.zarr", 2 * workers * shards.DEFAULT_CHUNK_SIZE)
         run_shards(warm, sources, settings, 0, workers, progress=False)
-        rates = []
+        rates, cpu = [], []
         for repeat in range(REPEATS):
             timed = store(f"w{workers}-{repeat}.zarr", n)
+            before = _tree_cpu()
             start = time.perf_counter()
             run_shards(timed, sources, settings, 0, workers, progress=False)
             rates.append(n / (time.perf_counter() - start))
-    return max(rates)
+            cpu.append(_cpu_split(before, _tree_cpu()))
+    worker_s, other_s = min(cpu, key=sum)
+    return GenerationFigures(max(rates), 1e3 * worker_s / n, 1e3 * other_s / n)
 
 
 def _session_members(sid: int) -> list[int]:
@@ -156,9 +222,10 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="nsa-bench-gen-"))
     try:
-        engine = engine_rate(args.cell_type, args.size, args.engine_n)
-        one = generation_rate(args.cell_type, args.size, args.n, 1, work, shard_chunks)
-        two = generation_rate(args.cell_type, args.size, args.n, 2, work, shard_chunks)
+        engine, engine_cpu = engine_rate(args.cell_type, args.size, args.engine_n)
+        one_run = generation_rate(args.cell_type, args.size, args.n, 1, work, shard_chunks)
+        two_run = generation_rate(args.cell_type, args.size, args.n, 2, work, shard_chunks)
+        one, two = one_run.rate, two_run.rate
         store = work / "w2-0.zarr"
         on_disk = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         memory = [peak_memory(args.cell_type, n, work) for n in args.memory_n]
@@ -175,6 +242,13 @@ def main() -> None:
     print(f"nsa-gen generation, 2 workers:         {two:8.1f} examples/s")
     print(f"scaling 1 -> 2 workers:                {two / one:8.2f}x")
     print(f"2 workers vs 2x the engine:            {two / (2 * engine):8.0%}")
+    print(f"CPU per example, engine:               {engine_cpu:8.3f} ms")
+    for count, run in ((1, one_run), (2, two_run)):
+        total = run.worker_cpu_ms + run.other_cpu_ms
+        print(f"CPU per example, {count} worker{'s' * (count > 1)}:{' ' * (count == 1)}          "
+              f"{total:8.3f} ms (workers {run.worker_cpu_ms:.3f}, Ray's other processes and "
+              f"the driver {run.other_cpu_ms:.3f}); engine CPU / generation CPU "
+              f"{engine_cpu / total:.0%}")
     print(f"on disk ({shards.COMPRESSOR.cname.value}, clevel {shards.COMPRESSOR.clevel}, "
           f"{shards.COMPRESSOR.shuffle.value}): {on_disk / args.n / 1e3:.1f} kB per example")
     for n, (rss, pss, wall) in zip(args.memory_n, memory, strict=True):

@@ -8,8 +8,10 @@ Every stage that uses Ray (generation tasks, Ray Train, cluster batch jobs) ente
   not forwarded to the terminal (task errors still arrive as exceptions), and these
   environment variables unless the user set them:
   ``RAY_AUTH_MODE=disabled`` (Ray 2.60 otherwise generates a token and writes it to
-  ``~/.ray/auth_token``; a private single-machine instance needs no token) and
-  ``RAY_USAGE_STATS_ENABLED=0``. Nothing is written under ``$HOME``.
+  ``~/.ray/auth_token``; a private single-machine instance needs no token),
+  ``RAY_USAGE_STATS_ENABLED=0`` and ``RAY_enable_metrics_collection=0`` (without a
+  dashboard nothing reads Ray's metrics; exporting them cost the dashboard agent half
+  of its CPU). Nothing is written under ``$HOME``.
 - ``address`` ("host:port" of a running head node, ``ray://host:port``, or ``auto``)
   joins that cluster with the environment as the user has it (a cluster that uses token
   authentication needs its token, as Ray documents). The port is probed first: ``ray.init``
@@ -48,7 +50,8 @@ from nsa.errors import Terminated, UserError
 CONNECT_TIMEOUT_S = 5.0
 _TEMP_ROOT = "/tmp"
 _TEMP_PREFIX = "nsa-ray-"
-_LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+_LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+              "RAY_enable_metrics_collection": "0"}
 
 
 def _host_port(address: str, option: str) -> tuple[str, int]:
@@ -242,14 +245,25 @@ def _init(address: str | None, option: str, num_cpus: int | None,
         else:
             ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if address:
-            raise UserError(f"{option} {address}: could not connect ({first_line})") from None
-        raise UserError(f"could not start a local Ray ({first_line})") from None
+        raise _init_error(exc, address, option) from None
     except SystemExit as exc:
         if exc.code != signal.SIGTERM:
             raise
         raise Terminated() from None
+    except Exception as exc:
+        if type(exc) is not Exception:  # a bug: keep its traceback
+            raise
+        # Ray raises a plain Exception when its raylet has not registered after 30 s
+        # ("The current node timed out during startup"), seen on an overloaded machine
+        raise _init_error(exc, address, option) from None
     finally:
         if callable(on_sigterm):  # ray.init replaced it
             signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _init_error(exc: Exception, address: str | None, option: str) -> UserError:
+    """The one-line error for a failed ``ray.init``."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if address:
+        return UserError(f"{option} {address}: could not connect ({first_line})")
+    return UserError(f"could not start a local Ray ({first_line})")

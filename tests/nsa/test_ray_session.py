@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 
 from nsa.errors import UserError
-from nsa.ray_session import check_reachable, ray_session
+from nsa.ray_session import _init, check_reachable, ray_session
 
 _RUN_ONE_TASK = """
 import os, ray
 from nsa.ray_session import check_reachable, ray_session
 with ray_session(None, 1):
-    print(os.getpid(), ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid())
+    task = ray.remote(lambda: (os.getpid(), os.environ.get("RAY_enable_metrics_collection")))
+    worker, metrics = ray.get(task.remote())
+    print(os.getpid(), worker != os.getpid(), metrics)
 """
 
 
@@ -33,8 +35,9 @@ def test_local_session_runs_tasks_and_writes_nothing_under_home(tmp_path):
     result = subprocess.run([sys.executable, "-c", _RUN_ONE_TASK], capture_output=True,
                             text=True, timeout=300, env={**env, "HOME": str(home)})
     assert result.returncode == 0, result.stderr
-    pid, in_worker = result.stdout.split()
+    pid, in_worker, metrics = result.stdout.split()
     assert in_worker == "True"  # the task ran in a Ray worker process
+    assert metrics == "0"  # Ray's processes collect no metrics that nothing reads
     assert list(home.rglob("*")) == []
     assert list(Path("/tmp").glob(f"nsa-ray-{pid}-*")) == []  # its temp dir is gone
 
@@ -121,3 +124,28 @@ def test_a_grpc_server_passes_the_probe():
     settings_frame = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
     with _server(settings_frame) as port:
         check_reachable(f"127.0.0.1:{port}")
+
+
+def test_a_local_ray_that_does_not_start_in_time_is_one_line(monkeypatch):
+    import ray
+
+    def timed_out(**_: object) -> None:  # what ray.init raises when its raylet is late
+        raise Exception("The current node timed out during startup. This could happen "
+                        "because some of the raylet failed to startup or the GCS has "
+                        "become overloaded.")
+
+    monkeypatch.setattr(ray, "init", timed_out)  # _init alone: a session's Ray stays up
+    with pytest.raises(UserError, match=r"^could not start a local Ray \(The current node "
+                       r"timed out during startup\. .*overloaded\.\)$"):
+        _init(None, "--address", 1, None)
+
+
+def test_a_bug_inside_ray_init_keeps_its_traceback(monkeypatch):
+    import ray
+
+    def broken(**_: object) -> None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(ray, "init", broken)
+    with pytest.raises(KeyError):
+        _init(None, "--address", 1, None)
