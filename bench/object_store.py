@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -35,6 +36,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -45,6 +47,8 @@ from nsa.locations import parse_location
 
 #: The pid of the S3 server started here (None: another server).
 SERVER: list[int] = []
+#: The request log (werkzeug's, one line per HTTP request) of the S3 server started here.
+SERVER_LOG: list[Path] = []
 
 
 def server_cpu_s() -> float:
@@ -55,50 +59,79 @@ def server_cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_requests() -> int:
+    """HTTP requests the S3 server started here has answered so far (0: another server)."""
+    if not SERVER_LOG:
+        return 0
+    return SERVER_LOG[0].read_text(errors="replace").count(" HTTP/1.1")
+
+
+def loader_cpu_s() -> float:
+    """CPU seconds of this process and of its finished DataLoader processes (not the S3
+    server: a child too, but reaped only when it stops)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 (fake credentials in this process's environment)."""
+    """moto's S3 server on 127.0.0.1 (fake credentials in this process's environment),
+    logging its requests to a temporary file."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    SERVER.append(server.pid)
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
-                            ("AWS_DEFAULT_REGION", "us-east-1")):
-            os.environ.setdefault(name, value)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as logs, open(Path(logs) / "moto.log", "wb") as log:
+        SERVER_LOG.append(Path(log.name))
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+             str(port)], stdout=subprocess.DEVNULL, stderr=log)
+        SERVER.append(server.pid)
+        try:
+            for _ in range(300):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            for name, value in (("AWS_ACCESS_KEY_ID", "bench"),
+                                ("AWS_SECRET_ACCESS_KEY", "bench"),
+                                ("AWS_DEFAULT_REGION", "us-east-1")):
+                os.environ.setdefault(name, value)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+@dataclass
+class Epochs:
+    """What the epochs of one (read-ahead setting, store) measured."""
+
+    rates: list[float] = field(default_factory=list)  # examples/s
+    loader_cpu: list[float] = field(default_factory=list)  # s per epoch, loader processes
+    server_cpu: list[float] = field(default_factory=list)  # s per epoch, S3 server
+    requests: list[int] = field(default_factory=list)  # HTTP requests per epoch
 
 
 def rates(stores: dict[str, str], processes: int, repeats: int, aheads: dict[str, int]
-          ) -> tuple[dict[tuple[str, str], float], float]:
-    """Median examples/s per (read-ahead setting, store), after one untimed epoch of each
-    store, and the S3 server's CPU seconds per S3 epoch; runs alternate between settings
-    and stores so that a change in the machine's load hits them alike."""
+          ) -> dict[tuple[str, str], Epochs]:
+    """Examples/s, CPU seconds (loader and S3 server) and requests of every epoch per
+    (read-ahead setting, store), after one untimed epoch of each store; runs alternate
+    between settings and stores so that a change in the machine's load hits them alike."""
     for where in stores.values():
         loader_rate(where, processes)
-    runs: dict[tuple[str, str], list[float]] = {}
-    server = 0.0
+    runs: dict[tuple[str, str], Epochs] = {}
     for _ in range(repeats):
         for setting, ahead in aheads.items():
             data.PREFETCH_CHUNKS = ahead
             for name, where in stores.items():
-                before = server_cpu_s()
-                runs.setdefault((setting, name), []).append(loader_rate(where, processes))
-                server += server_cpu_s() - before if name == "s3" else 0.0
-    per_epoch = server / (repeats * len(aheads))
-    return {key: statistics.median(values) for key, values in runs.items()}, per_epoch
+                epochs = runs.setdefault((setting, name), Epochs())
+                before = loader_cpu_s(), server_cpu_s(), server_requests()
+                epochs.rates.append(loader_rate(where, processes))
+                epochs.loader_cpu.append(loader_cpu_s() - before[0])
+                epochs.server_cpu.append(server_cpu_s() - before[1])
+                epochs.requests.append(server_requests() - before[2])
+    return runs
 
 
 def main() -> None:
@@ -120,17 +153,21 @@ def main() -> None:
         local = str(write_bench_store(Path(tmp) / "bench.zarr", args.n, 256, 3, "bottle"))
         write_bench_store(url, args.n, 256, 3, "bottle")  # type: ignore[arg-type]
         settings = {f"read-ahead {ahead} chunks": ahead, "no read-ahead": 0}
-        measured, server = rates({"disk": local, "s3": url}, args.processes, args.repeats,
-                                 settings)
+        measured = rates({"disk": local, "s3": url}, args.processes, args.repeats, settings)
     print(f"loader alone, {args.n} examples of 256 px RGB, {args.processes} DataLoader "
-          f"process(es), S3 at {endpoint}; median of {args.repeats}")
+          f"process(es), S3 at {endpoint}; median of {args.repeats} epochs; CPU s per "
+          f"epoch: the loader (this process and its DataLoader processes) and the S3 "
+          f"server; HTTP requests per epoch")
     for label in settings:
         disk, s3 = measured[label, "disk"], measured[label, "s3"]
-        print(f"  {label:<22} disk {disk:7.1f}  s3 {s3:7.1f} examples/s  s3/disk "
-              f"{s3 / disk:.2f}")
-    if SERVER:
-        print(f"  the S3 server used {server:.1f} CPU s per S3 epoch of {args.n} examples "
-              f"({os.cpu_count()} CPUs here, load average {os.getloadavg()[0]:.1f})")
+        print(f"  {label:<22} disk {statistics.median(disk.rates):7.1f}  s3 "
+              f"{statistics.median(s3.rates):7.1f} examples/s  s3/disk "
+              f"{statistics.median(s3.rates) / statistics.median(disk.rates):.2f}")
+        for name, epochs in (("disk", disk), ("s3", s3)):
+            print(f"  {'':<22} {name:<4} loader {statistics.median(epochs.loader_cpu):5.2f} "
+                  f"CPU s  server {statistics.median(epochs.server_cpu):5.2f} CPU s  "
+                  f"{statistics.median(epochs.requests):5.0f} requests")
+    print(f"  ({os.cpu_count()} CPUs here, load average {os.getloadavg()[0]:.1f})")
 
 
 @contextmanager
