@@ -167,11 +167,16 @@ class S3Location:
         return fs
 
     def zarr_store(self, read_only: bool = False) -> Any:
-        """A zarr ``FsspecStore`` rooted at this prefix."""
+        """A zarr ``FsspecStore`` rooted at this prefix; read-only, wrapped in a
+        :class:`~nsa.shard_index.ShardIndexCache` (each shard's index fetched once, not
+        once per chunk read)."""
         from zarr.storage import FsspecStore
 
-        return FsspecStore.from_url(str(self), storage_options=self.storage_options(),
-                                    read_only=read_only)
+        from nsa.shard_index import ShardIndexCache
+
+        store = FsspecStore.from_url(str(self), storage_options=self.storage_options(),
+                                     read_only=read_only)
+        return ShardIndexCache(store) if read_only else store
 
     def list_keys(self) -> list[str]:
         """Every object under the prefix, relative to it (``zarr.json``, ``images/c/0/0/0``)."""
@@ -251,6 +256,7 @@ class S3Location:
 
 
 Location = LocalLocation | S3Location
+
 
 
 def _error_code(exc: BaseException) -> str | None:
