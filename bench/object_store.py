@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from nsa.generate import shards
 from nsa.train import data
 from training import loader_rate, write_bench_store
 
@@ -138,6 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1024, help="examples in the store")
     parser.add_argument("--processes", type=int, default=1, help="DataLoader processes")
+    parser.add_argument("--shard-chunks", type=int,
+                        help="chunks per shard (default: a new store's, 1 below 4096 examples)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--endpoint", help="an S3 server's URL (default: start moto_server)")
     parser.add_argument("--bucket", help="bucket on --endpoint (default: a new one)")
@@ -150,11 +153,15 @@ def main() -> None:
         url = f"s3://{bucket}/bench.zarr"
         if args.bucket is None:
             parse_location(url).filesystem().mkdir(bucket)
-        local = str(write_bench_store(Path(tmp) / "bench.zarr", args.n, 256, 3, "bottle"))
-        write_bench_store(url, args.n, 256, 3, "bottle")  # type: ignore[arg-type]
+        local = str(write_bench_store(Path(tmp) / "bench.zarr", args.n, 256, 3, "bottle",
+                                      args.shard_chunks))
+        write_bench_store(url, args.n, 256, 3, "bottle",  # type: ignore[arg-type]
+                          args.shard_chunks)
         settings = {f"read-ahead {ahead} chunks": ahead, "no read-ahead": 0}
         measured = rates({"disk": local, "s3": url}, args.processes, args.repeats, settings)
-    print(f"loader alone, {args.n} examples of 256 px RGB, {args.processes} DataLoader "
+        shard_chunks = shards.open_store(local).shard_chunks
+    print(f"loader alone, {args.n} examples of 256 px RGB ({shard_chunks} chunk(s) of "
+          f"{shards.DEFAULT_CHUNK_SIZE} a shard), {args.processes} DataLoader "
           f"process(es), S3 at {endpoint}; median of {args.repeats} epochs; CPU s per "
           f"epoch: the loader (this process and its DataLoader processes) and the S3 "
           f"server; HTTP requests per epoch")
