@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nsa.errors import UserError
+from nsa.errors import OutputError, UserError
 
 S3_SCHEME = "s3://"
 #: A scheme with one slash (``s3:/b/x.zarr``): a mistyped URL, never meant as a folder.
@@ -256,6 +256,37 @@ class S3Location:
 
 
 Location = LocalLocation | S3Location
+
+
+def endpoint_lost(exc: BaseException, location: Location, then: str = "") -> OutputError | None:
+    """The one-line :class:`~nsa.errors.OutputError` (exit 1) for ``exc`` when it is
+    botocore's report of an S3 server that stopped answering (connection refused or
+    closed, a timeout) while ``location`` was in use, else None. ``then`` is appended
+    (what the user can do, e.g. resume)."""
+    if not isinstance(location, S3Location):
+        return None
+    import botocore.exceptions
+
+    if not isinstance(exc, botocore.exceptions.ConnectionError
+                      | botocore.exceptions.HTTPClientError):
+        return None
+    server = location.endpoint or "AWS S3"
+    return OutputError(f"{location}: the S3 endpoint {server} stopped answering "
+                       f"({exc.__class__.__name__})" + (f"; {then}" if then else ""))
+
+
+@contextmanager
+def s3_failures(location: Location, then: str = "") -> Iterator[None]:
+    """In the body, an S3 server that stops answering becomes the one line of
+    :func:`endpoint_lost` (a botocore error is no OSError: it would otherwise end a
+    command with a traceback)."""
+    try:
+        yield
+    except Exception as exc:  # re-raised unless it is botocore's lost connection
+        lost = endpoint_lost(exc, location, then)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 

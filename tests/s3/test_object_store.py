@@ -223,3 +223,35 @@ def test_the_trainer_gets_the_same_batches_from_s3_as_from_disk(s3_bucket, tmp_p
     for chunk in range(store.n_chunks):
         store.read_chunk(chunk)
     assert len(store.group.store._suffixes) == store.n_shards * len(shards.EXAMPLE_ARRAYS)
+
+
+def test_an_s3_server_that_stops_while_a_shard_is_written_is_one_line_naming_the_url(
+        own_s3_server, monkeypatch):
+    import pytest
+    import s3fs
+
+    from nsa.errors import OutputError
+    from nsa.locations import s3_failures
+
+    endpoint, server = own_s3_server
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries: 8 s to give up
+    s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).mkdir("stopping")
+    url = "s3://stopping/x.zarr"
+    shards.create_store(url, n=16, height=8, width=8, channels=1, chunk_size=8, attrs={})
+    store = shards.open_store(url, allow_incomplete=True, mode="r+")
+    server.terminate()
+    server.wait(timeout=30)
+    m = 8  # one shard: one chunk
+    data = shards.ChunkData(
+        images=np.zeros((m, 8, 8, 1), np.uint8), masks=np.zeros((m, 8, 8, 1), np.uint8),
+        labels=np.zeros(m, np.uint8), dest_index=np.zeros(m, np.int32),
+        source_index=np.zeros(m, np.int32),
+        boxes=np.full((m, shards.MAX_PATCHES, 4), -1, np.int16), reason=np.zeros(m, np.uint8))
+    with pytest.raises(OutputError) as error, s3_failures(store.location, "resume it"):
+        store.write_shard(0, data)
+    assert str(error.value) == (f"{url}: the S3 endpoint {endpoint} stopped answering "
+                                "(EndpointConnectionError); resume it")
+    assert error.value.exit_code == 1
+    with pytest.raises(ZeroDivisionError), s3_failures(store.location):
+        raise ZeroDivisionError  # anything else passes unchanged
