@@ -258,17 +258,20 @@ class S3Location:
 Location = LocalLocation | S3Location
 
 
+def connection_errors() -> tuple[type[Exception], ...]:
+    """botocore's errors for a server that does not answer (connection refused or
+    closed, timeouts): no OSError, unlike s3fs's translations of S3's answers."""
+    import botocore.exceptions
+
+    return botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError
+
+
 def endpoint_lost(exc: BaseException, location: Location, then: str = "") -> OutputError | None:
     """The one-line :class:`~nsa.errors.OutputError` (exit 1) for ``exc`` when it is
     botocore's report of an S3 server that stopped answering (connection refused or
     closed, a timeout) while ``location`` was in use, else None. ``then`` is appended
     (what the user can do, e.g. resume)."""
-    if not isinstance(location, S3Location):
-        return None
-    import botocore.exceptions
-
-    if not isinstance(exc, botocore.exceptions.ConnectionError
-                      | botocore.exceptions.HTTPClientError):
+    if not isinstance(location, S3Location) or not isinstance(exc, connection_errors()):
         return None
     server = location.endpoint or "AWS S3"
     return OutputError(f"{location}: the S3 endpoint {server} stopped answering "
@@ -386,7 +389,7 @@ class S3Lock:
         """Extend the lease; record :attr:`lost` when the lock is no longer ours."""
         try:
             self.etag = self._put(self.location.filesystem(), IfMatch=self.etag or "")
-        except OSError as exc:
+        except (OSError, *connection_errors()) as exc:
             self.lost = f"its renewal failed ({exc})"
 
     def check(self) -> None:

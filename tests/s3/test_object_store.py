@@ -231,7 +231,7 @@ def test_an_s3_server_that_stops_while_a_shard_is_written_is_one_line_naming_the
     import s3fs
 
     from nsa.errors import OutputError
-    from nsa.locations import s3_failures
+    from nsa.locations import S3Lock, s3_failures
 
     endpoint, server = own_s3_server
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
@@ -240,8 +240,13 @@ def test_an_s3_server_that_stops_while_a_shard_is_written_is_one_line_naming_the
     url = "s3://stopping/x.zarr"
     shards.create_store(url, n=16, height=8, width=8, channels=1, chunk_size=8, attrs={})
     store = shards.open_store(url, allow_incomplete=True, mode="r+")
+    lock = S3Lock(store.location)
+    lock.acquire()
     server.terminate()
     server.wait(timeout=30)
+    lock.renew()  # the writer lock's renewal thread: the lock is lost, no traceback
+    assert lock.lost == (f"its renewal failed (Could not connect to the endpoint URL: "
+                         f'"{endpoint}/stopping/.x.zarr.lock")')
     m = 8  # one shard: one chunk
     data = shards.ChunkData(
         images=np.zeros((m, 8, 8, 1), np.uint8), masks=np.zeros((m, 8, 8, 1), np.uint8),
