@@ -5,9 +5,11 @@ augmentation) to a local folder and, with the same bytes, to a bucket on an S3 s
 then times one epoch of the loader alone (read, checksum, shuffle, augment; no model) on
 each, alternating, ``--repeats`` times, with the chunk read-ahead of
 ``nsa.train.data`` and, for comparison, without it (``PREFETCH_CHUNKS = 0``: each chunk
-read when it is needed). Prints examples/s (median), the ratio S3 / disk, and the CPU
-seconds the S3 server itself spent per S3 epoch (when it runs here, on the same cores as
-the loader: on a machine with few cores that CPU is taken from the loader).
+read when it is needed). Prints examples/s (median), the ratio S3 / disk, and per epoch
+the CPU seconds of the loader (this process and its DataLoader processes) and of the S3
+server, and the HTTP requests the server answered (when it runs here, on the same cores
+as the loader: on a machine with few cores its CPU is taken from the loader).
+``--shard-chunks`` writes shards of several chunks, so that chunks are byte ranges.
 
 The S3 server is moto's (``moto_server``, started here on 127.0.0.1 at a free port) unless
 ``--endpoint`` names another (MinIO, Ceph: then ``--bucket`` must exist and the AWS
@@ -15,11 +17,33 @@ credentials be in the environment).
 
 Run: ``.venv/bin/python bench/object_store.py`` (about 2 minutes on 2 cores).
 
-Measured (``--n 512 --repeats 3``, 2 cores shared with other work at load average 6 to
-12, moto on the same cores): S3 / disk 0.47 to 0.95 with read-ahead over four runs (0.60
-in the last: disk 108, S3 65 examples/s), 0.54 to 0.65 without. A chunk from moto costs
-the loader process 0.12 CPU s against 0.07 from disk, and moto 0.06 CPU s more; the 10%
-aim was not reached on this machine, where those compete with the loader for two cores.
+Measured (``--n 512 --repeats 3``: 8 chunks an epoch; 2 cores shared with other work at
+load average 5 to 8, moto on the same cores; medians per epoch with read-ahead):
+
+====================== ======== =========== =========== ======== ===============
+code                   requests loader CPU  loader CPU  moto CPU S3 / disk rate
+                                (disk) s    (S3) s      s
+====================== ======== =========== =========== ======== ===============
+before (one chunk a    108      1.80        3.48        0.44     0.43, 0.51
+shard)
+after                  90       1.67, 2.18  2.19, 2.76  0.25,    0.93, 0.32
+                                                        0.46
+before, 4 chunks a     153      2.07        4.20        1.04     0.41
+shard
+after, 4 chunks a      92       1.74        2.41        0.51     0.52
+shard
+====================== ======== =========== =========== ======== ===============
+
+What S3 still costs, per epoch of 8 chunks: a fresh S3 client in the loader process (0.14
+CPU s; 0.55 s before its garbage collector was kept off what it inherits), 17 requests
+to open the store there (metadata and the checksums, one object per shard), then 7 GETs
+a chunk (about 10 MB): 2.7 ms of loader CPU and 2.8 ms of moto CPU for a small GET, 21 ms
+and 6 ms for an 8 MB one. moto reads the whole object for every GET, a byte range too, so
+its CPU grows with the shard (0.25 s an epoch at one chunk a shard, 0.51 at four). In all
+the loader needs about 0.55 CPU s more per epoch from S3 than from disk (1.7 before), and
+moto 0.25 to 0.5: a third to a half more CPU than reading from disk, on the same two busy
+cores, so the rate ratio follows the machine's load (0.32 to 0.93 with the same code)
+rather than the reading; the 10% aim needs cores to spare for moto and the HTTP client.
 """
 
 from __future__ import annotations
