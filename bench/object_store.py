@@ -5,9 +5,11 @@ augmentation) to a local folder and, with the same bytes, to a bucket on an S3 s
 then times one epoch of the loader alone (read, checksum, shuffle, augment; no model) on
 each, alternating, ``--repeats`` times, with the chunk read-ahead of
 ``nsa.train.data`` and, for comparison, without it (``PREFETCH_CHUNKS = 0``: each chunk
-read when it is needed). Prints examples/s (median), the ratio S3 / disk, and the CPU
-seconds the S3 server itself spent per S3 epoch (when it runs here, on the same cores as
-the loader: on a machine with few cores that CPU is taken from the loader).
+read when it is needed). Prints examples/s (median), the ratio S3 / disk, and per epoch
+the CPU seconds of the loader (this process and its DataLoader processes) and of the S3
+server, and the HTTP requests the server answered (when it runs here, on the same cores
+as the loader: on a machine with few cores its CPU is taken from the loader).
+``--shard-chunks`` writes shards of several chunks, so that chunks are byte ranges.
 
 The S3 server is moto's (``moto_server``, started here on 127.0.0.1 at a free port) unless
 ``--endpoint`` names another (MinIO, Ceph: then ``--bucket`` must exist and the AWS
@@ -15,17 +17,40 @@ credentials be in the environment).
 
 Run: ``.venv/bin/python bench/object_store.py`` (about 2 minutes on 2 cores).
 
-Measured (``--n 512 --repeats 3``, 2 cores shared with other work at load average 6 to
-12, moto on the same cores): S3 / disk 0.47 to 0.95 with read-ahead over four runs (0.60
-in the last: disk 108, S3 65 examples/s), 0.54 to 0.65 without. A chunk from moto costs
-the loader process 0.12 CPU s against 0.07 from disk, and moto 0.06 CPU s more; the 10%
-aim was not reached on this machine, where those compete with the loader for two cores.
+Measured (``--n 512 --repeats 3``: 8 chunks an epoch; 2 cores shared with other work at
+load average 5 to 8, moto on the same cores; medians per epoch with read-ahead):
+
+====================== ======== =========== =========== ======== ===============
+code                   requests loader CPU  loader CPU  moto CPU S3 / disk rate
+                                (disk) s    (S3) s      s
+====================== ======== =========== =========== ======== ===============
+before (one chunk a    108      1.80        3.48        0.44     0.43, 0.51
+shard)
+after                  90       1.67, 2.18  2.19, 2.76  0.25,    0.93, 0.32
+                                                        0.46
+before, 4 chunks a     153      2.07        4.20        1.04     0.41
+shard
+after, 4 chunks a      92       1.74        2.41        0.51     0.52
+shard
+====================== ======== =========== =========== ======== ===============
+
+What S3 still costs, per epoch of 8 chunks: a fresh S3 client in the loader process (0.14
+CPU s; 0.55 s before its garbage collector was kept off what it inherits), 17 requests
+to open the store there (metadata and the checksums, one object per shard), then 7 GETs
+a chunk (about 10 MB): 2.7 ms of loader CPU and 2.8 ms of moto CPU for a small GET, 21 ms
+and 6 ms for an 8 MB one. moto reads the whole object for every GET, a byte range too, so
+its CPU grows with the shard (0.25 s an epoch at one chunk a shard, 0.51 at four). In all
+the loader needs about 0.55 CPU s more per epoch from S3 than from disk (1.7 before), and
+moto 0.25 to 0.5: a third to a half more CPU than reading from disk, on the same two busy
+cores, so the rate ratio follows the machine's load (0.32 to 0.93 with the same code)
+rather than the reading; the 10% aim needs cores to spare for moto and the HTTP client.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -35,9 +60,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from nsa.generate import shards
 from nsa.train import data
 from training import loader_rate, write_bench_store
 
@@ -45,6 +72,8 @@ from nsa.locations import parse_location
 
 #: The pid of the S3 server started here (None: another server).
 SERVER: list[int] = []
+#: The request log (werkzeug's, one line per HTTP request) of the S3 server started here.
+SERVER_LOG: list[Path] = []
 
 
 def server_cpu_s() -> float:
@@ -55,56 +84,87 @@ def server_cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_requests() -> int:
+    """HTTP requests the S3 server started here has answered so far (0: another server)."""
+    if not SERVER_LOG:
+        return 0
+    return SERVER_LOG[0].read_text(errors="replace").count(" HTTP/1.1")
+
+
+def loader_cpu_s() -> float:
+    """CPU seconds of this process and of its finished DataLoader processes (not the S3
+    server: a child too, but reaped only when it stops)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 (fake credentials in this process's environment)."""
+    """moto's S3 server on 127.0.0.1 (fake credentials in this process's environment),
+    logging its requests to a temporary file."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    SERVER.append(server.pid)
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
-                            ("AWS_DEFAULT_REGION", "us-east-1")):
-            os.environ.setdefault(name, value)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as logs, open(Path(logs) / "moto.log", "wb") as log:
+        SERVER_LOG.append(Path(log.name))
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+             str(port)], stdout=subprocess.DEVNULL, stderr=log)
+        SERVER.append(server.pid)
+        try:
+            for _ in range(300):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            for name, value in (("AWS_ACCESS_KEY_ID", "bench"),
+                                ("AWS_SECRET_ACCESS_KEY", "bench"),
+                                ("AWS_DEFAULT_REGION", "us-east-1")):
+                os.environ.setdefault(name, value)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+@dataclass
+class Epochs:
+    """What the epochs of one (read-ahead setting, store) measured."""
+
+    rates: list[float] = field(default_factory=list)  # examples/s
+    loader_cpu: list[float] = field(default_factory=list)  # s per epoch, loader processes
+    server_cpu: list[float] = field(default_factory=list)  # s per epoch, S3 server
+    requests: list[int] = field(default_factory=list)  # HTTP requests per epoch
 
 
 def rates(stores: dict[str, str], processes: int, repeats: int, aheads: dict[str, int]
-          ) -> tuple[dict[tuple[str, str], float], float]:
-    """Median examples/s per (read-ahead setting, store), after one untimed epoch of each
-    store, and the S3 server's CPU seconds per S3 epoch; runs alternate between settings
-    and stores so that a change in the machine's load hits them alike."""
+          ) -> dict[tuple[str, str], Epochs]:
+    """Examples/s, CPU seconds (loader and S3 server) and requests of every epoch per
+    (read-ahead setting, store), after one untimed epoch of each store; runs alternate
+    between settings and stores so that a change in the machine's load hits them alike."""
     for where in stores.values():
         loader_rate(where, processes)
-    runs: dict[tuple[str, str], list[float]] = {}
-    server = 0.0
+    runs: dict[tuple[str, str], Epochs] = {}
     for _ in range(repeats):
         for setting, ahead in aheads.items():
             data.PREFETCH_CHUNKS = ahead
             for name, where in stores.items():
-                before = server_cpu_s()
-                runs.setdefault((setting, name), []).append(loader_rate(where, processes))
-                server += server_cpu_s() - before if name == "s3" else 0.0
-    per_epoch = server / (repeats * len(aheads))
-    return {key: statistics.median(values) for key, values in runs.items()}, per_epoch
+                epochs = runs.setdefault((setting, name), Epochs())
+                before = loader_cpu_s(), server_cpu_s(), server_requests()
+                epochs.rates.append(loader_rate(where, processes))
+                epochs.loader_cpu.append(loader_cpu_s() - before[0])
+                epochs.server_cpu.append(server_cpu_s() - before[1])
+                epochs.requests.append(server_requests() - before[2])
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1024, help="examples in the store")
     parser.add_argument("--processes", type=int, default=1, help="DataLoader processes")
+    parser.add_argument("--shard-chunks", type=int,
+                        help="chunks per shard (default: a new store's, 1 below 4096 examples)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--endpoint", help="an S3 server's URL (default: start moto_server)")
     parser.add_argument("--bucket", help="bucket on --endpoint (default: a new one)")
@@ -117,20 +177,28 @@ def main() -> None:
         url = f"s3://{bucket}/bench.zarr"
         if args.bucket is None:
             parse_location(url).filesystem().mkdir(bucket)
-        local = str(write_bench_store(Path(tmp) / "bench.zarr", args.n, 256, 3, "bottle"))
-        write_bench_store(url, args.n, 256, 3, "bottle")  # type: ignore[arg-type]
+        local = str(write_bench_store(Path(tmp) / "bench.zarr", args.n, 256, 3, "bottle",
+                                      args.shard_chunks))
+        write_bench_store(url, args.n, 256, 3, "bottle",  # type: ignore[arg-type]
+                          args.shard_chunks)
         settings = {f"read-ahead {ahead} chunks": ahead, "no read-ahead": 0}
-        measured, server = rates({"disk": local, "s3": url}, args.processes, args.repeats,
-                                 settings)
-    print(f"loader alone, {args.n} examples of 256 px RGB, {args.processes} DataLoader "
-          f"process(es), S3 at {endpoint}; median of {args.repeats}")
+        measured = rates({"disk": local, "s3": url}, args.processes, args.repeats, settings)
+        shard_chunks = shards.open_store(local).shard_chunks
+    print(f"loader alone, {args.n} examples of 256 px RGB ({shard_chunks} chunk(s) of "
+          f"{shards.DEFAULT_CHUNK_SIZE} a shard), {args.processes} DataLoader "
+          f"process(es), S3 at {endpoint}; median of {args.repeats} epochs; CPU s per "
+          f"epoch: the loader (this process and its DataLoader processes) and the S3 "
+          f"server; HTTP requests per epoch")
     for label in settings:
         disk, s3 = measured[label, "disk"], measured[label, "s3"]
-        print(f"  {label:<22} disk {disk:7.1f}  s3 {s3:7.1f} examples/s  s3/disk "
-              f"{s3 / disk:.2f}")
-    if SERVER:
-        print(f"  the S3 server used {server:.1f} CPU s per S3 epoch of {args.n} examples "
-              f"({os.cpu_count()} CPUs here, load average {os.getloadavg()[0]:.1f})")
+        print(f"  {label:<22} disk {statistics.median(disk.rates):7.1f}  s3 "
+              f"{statistics.median(s3.rates):7.1f} examples/s  s3/disk "
+              f"{statistics.median(s3.rates) / statistics.median(disk.rates):.2f}")
+        for name, epochs in (("disk", disk), ("s3", s3)):
+            print(f"  {'':<22} {name:<4} loader {statistics.median(epochs.loader_cpu):5.2f} "
+                  f"CPU s  server {statistics.median(epochs.server_cpu):5.2f} CPU s  "
+                  f"{statistics.median(epochs.requests):5.0f} requests")
+    print(f"  ({os.cpu_count()} CPUs here, load average {os.getloadavg()[0]:.1f})")
 
 
 @contextmanager

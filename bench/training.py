@@ -33,13 +33,15 @@ from nsa.train.trainer import build_model
 AUTHORS_PER_CORE = 36.0  # examples/s per core, the authors' best on-the-fly setting
 
 
-def write_bench_store(path: Path, n: int, size: int, channels: int, preset: str) -> Path:
+def write_bench_store(path: Path, n: int, size: int, channels: int, preset: str,
+                      shard_chunks: int | None = None) -> Path:
     """A store of smooth random images with a rectangle anomaly (compresses like photos
-    more than white noise would)."""
+    more than white noise would); ``shard_chunks`` chunks per shard (default: a new
+    store's)."""
     rng = np.random.default_rng(0)
     settings = resolve_settings(preset)
     shards.create_store(path, n=n, height=size, width=size, channels=channels,
-                        chunk_size=shards.DEFAULT_CHUNK_SIZE,
+                        chunk_size=shards.DEFAULT_CHUNK_SIZE, shard_chunks=shard_chunks,
                         attrs={"preset": preset, "settings": settings, "seed": 0})
     store = shards.open_store(path, allow_incomplete=True, mode="r+")
     yy, xx = np.mgrid[0:size, 0:size] / size

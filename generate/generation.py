@@ -50,7 +50,7 @@ from nsa.generate.sources import Source
 from nsa.generate.synthesis import SKIP_REASONS, SourceSet, make_example, prepare_sources
 
 from nsa.errors import UserError, os_error
-from nsa.locations import Location, S3Location, parse_location
+from nsa.locations import Location, S3Location, endpoint_lost, parse_location, s3_failures
 from nsa.progress import progress_bar
 from nsa.ray_session import check_cluster, ray_session
 from nsa.versions import package_versions
@@ -258,7 +258,8 @@ def generate_store(
     location.check()
     check_cluster(address)  # fail in seconds, before reading any image
     settings = source_settings(source, preset, overrides, size)
-    with shards.writer_lock(location) as lock:  # one nsa-gen per store, also --resume
+    with s3_failures(location, _RESUME_HINT), \
+            shards.writer_lock(location) as lock:  # one nsa-gen per store, also --resume
         _generate_locked(source, location, settings, n, seed, workers, address, resume,
                          overwrite, chunk_size, progress, lock)
     return location.shown
@@ -360,6 +361,10 @@ def run_shards(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
         bar.stop()
 
 
+#: What to do when the S3 server stopped answering in the middle of a run.
+_RESUME_HINT = "the shards written so far are kept: run the same command with --resume"
+
+
 def _result(ref: Any, store: shards.Store, shard: int) -> int:
     """The task's result. A UserError raised in a task comes out as itself, an OSError as
     the one-line error of :func:`~nsa.errors.os_error` naming the store; a lost
@@ -371,6 +376,9 @@ def _result(ref: Any, store: shards.Store, shard: int) -> int:
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, UserError):
             raise exc.cause from None
+        lost = endpoint_lost(exc.cause, store.location, _RESUME_HINT)
+        if lost is not None:  # the S3 server stopped answering the worker
+            raise lost from None
         if isinstance(exc.cause, OSError):  # e.g. the store's disk failed in the worker
             raise os_error(exc.cause, store.path) from None
         raise

@@ -51,6 +51,7 @@ function here takes either, as a path, a URL string or a location.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import os
@@ -63,6 +64,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
+import zarr.core.sync
 from nsa.generate.presets import MAX_PATCHES, SettingsError, check_recorded_settings
 from zarr.codecs import BloscCodec, BloscShuffle
 
@@ -341,6 +343,13 @@ def writer_lock(path: str | Path | Location) -> Iterator[Any]:
             os.close(fd)
 
 
+def _writing_empty_chunks(array: zarr.Array) -> zarr.Array:
+    """``array`` writing chunks even when they hold only the fill value: zarr's test for
+    that took 10 of the 13 ms of writing a 4 MB mask chunk, measured, and every written
+    chunk then has its bytes."""
+    return array.with_config({"write_empty_chunks": True})
+
+
 class Store:
     """Read access to a store; also used by the writer to fill and finish it.
 
@@ -350,7 +359,8 @@ class Store:
     """
 
     def __init__(self, path: str | Path | Location, group: zarr.Group,
-                 checksums: np.ndarray | None = None) -> None:
+                 checksums: np.ndarray | None = None,
+                 arrays: dict[str, zarr.Array] | None = None) -> None:
         self.location = parse_location(path)
         #: The folder (a Path) or the URL (a str), as messages name the store.
         self.path: Path | str = self.location.shown
@@ -366,20 +376,19 @@ class Store:
         self.n_shards = n_chunks(self.n_chunks, self.shard_chunks)
         self._read_only = group.read_only
         self._checksums = checksums if self._read_only else None
-        self._arrays: dict[str, zarr.Array] = {}
+        self._arrays = {name: _writing_empty_chunks(array)
+                        for name, array in (arrays or {}).items()}
 
     @property
     def complete(self) -> bool:
         return bool(self.group.attrs.get("complete", False))
 
     def array(self, name: str) -> zarr.Array:
-        """The zarr array ``name``, opened once (it writes chunks even when they hold
-        only the fill value: zarr's test for that took 10 of the 13 ms of writing a 4 MB
-        mask chunk, measured, and every written chunk then has its bytes)."""
+        """The zarr array ``name``, opened once (see :func:`_writing_empty_chunks`)."""
         if name not in self._arrays:
             array = self.group[name]
             assert isinstance(array, zarr.Array)  # check_structure made sure
-            self._arrays[name] = array.with_config({"write_empty_chunks": True})
+            self._arrays[name] = _writing_empty_chunks(array)
         return self._arrays[name]
 
     def chunk_slice(self, index: int) -> slice:
@@ -409,7 +418,7 @@ class Store:
         """
         if self._checksums is not None:
             return self._checksums
-        checksums = _read_checksums(self.path, self.group)
+        checksums = _read_checksums(self.path, self.array("checksums"))
         if self._read_only:
             self._checksums = checksums
         return checksums
@@ -428,10 +437,18 @@ class Store:
         return np.minimum.reduceat(written.astype(np.uint8), starts).astype(bool)
 
     def _read(self, rows: slice, what: str) -> ChunkData:
+        """Examples ``rows`` of every array, the arrays read at once (on S3 their requests
+        are in flight together, not one after another)."""
+        arrays = [self.array(name).async_array for name in EXAMPLE_ARRAYS]
+
+        async def together() -> list[Any]:
+            return await asyncio.gather(*(array.getitem(rows) for array in arrays))
+
         try:
-            return ChunkData(**{name: self.array(name)[rows] for name in EXAMPLE_ARRAYS})
+            values = zarr.core.sync.sync(together())
         except Exception as exc:  # zarr/numcodecs raise many types for damaged bytes
             raise StoreError(f"{self.path}: {what} is unreadable ({exc})") from exc
+        return ChunkData(**dict(zip(EXAMPLE_ARRAYS, values, strict=True)))
 
     def read_chunk(self, index: int, verify: bool = True) -> ChunkData:
         """Read chunk ``index`` of every array; with ``verify``, check its SHA-256.
@@ -581,12 +598,14 @@ def open_store(path: str | Path | Location, *, allow_incomplete: bool = False,
     location = parse_location(path)
     path = location.shown
     location.check()
-    if not location.exists():
-        raise StoreError(f"{path}: no such store")
     try:
         group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode,
                                 zarr_format=3)
     except Exception as exc:  # zarr raises many types for what is not a v3 group
+        # asked only now: on S3 a HEAD and a listing, and in a fresh loader process a
+        # second S3 client (0.1 to 0.5 CPU s) that a store that opens never needs
+        if not location.exists():
+            raise StoreError(f"{path}: no such store") from None
         raise StoreError(f"{path}: not a Zarr v3 group ({exc.__class__.__name__})") from exc
     attrs = dict(group.attrs)
     if attrs.get("format") != FORMAT:
@@ -601,19 +620,21 @@ def open_store(path: str | Path | Location, *, allow_incomplete: bool = False,
                 "--overwrite (the same seed gives the same examples)" if older else
                 "read it with the nsa-pipeline that made it")
         )
-    checksums = check_structure(path, group)
+    arrays: dict[str, zarr.Array] = {}
+    checksums = check_structure(path, group, arrays)
     if not attrs.get("complete", False) and not allow_incomplete:
         raise StoreError(
             f"{path}: store is incomplete (generation was interrupted); "
             "finish it with `nsa-gen ... --resume`"
         )
-    return Store(location, group, checksums)
+    return Store(location, group, checksums, arrays)
 
 
 _DIMENSIONS = ("n", "chunk_size", "shard_chunks", "height", "width", "channels")
 
 
-def check_structure(path: Path | str, group: zarr.Group) -> np.ndarray | None:
+def check_structure(path: Path | str, group: zarr.Group,
+                    opened: dict[str, zarr.Array] | None = None) -> np.ndarray | None:
     """Check that the store's arrays are what its attributes say; raise :class:`StoreDamaged`
     with one line naming the first contradiction.
 
@@ -622,7 +643,9 @@ def check_structure(path: Path | str, group: zarr.Group) -> np.ndarray | None:
     :func:`~nsa.generate.presets.check_recorded_settings`; every array exists with
     the shape, dtype, chunks and shards those imply (:func:`array_specs`); and a store
     marked ``complete`` has a checksum for every chunk. Returns the (n_chunks, 32)
-    checksums when it read them (complete stores), else None.
+    checksums when it read them (complete stores), else None. ``opened``, when given,
+    receives the arrays by name (so that a :class:`Store` need not read their metadata
+    again: one request each on S3).
     """
     attrs = dict(group.attrs)
 
@@ -642,6 +665,7 @@ def check_structure(path: Path | str, group: zarr.Group) -> np.ndarray | None:
             raise damaged(f"attribute 'settings': {exc}") from None
     specs = array_specs(attrs["n"], attrs["height"], attrs["width"], attrs["channels"],
                         attrs["chunk_size"], attrs["shard_chunks"])
+    arrays = {} if opened is None else opened
     for name, spec in specs.items():
         try:
             array = group[name]
@@ -651,6 +675,7 @@ def check_structure(path: Path | str, group: zarr.Group) -> np.ndarray | None:
             raise damaged(f"array {name!r} has unreadable metadata ({exc})") from None
         if not isinstance(array, zarr.Array):
             raise damaged(f"{name!r} is not an array")
+        arrays[name] = array
         found = {"shape": tuple(array.shape), "dtype": str(array.dtype),
                  "chunks": tuple(array.chunks),
                  "shards": None if array.shards is None else tuple(array.shards)}
@@ -663,7 +688,7 @@ def check_structure(path: Path | str, group: zarr.Group) -> np.ndarray | None:
                     f"{expected[what]}")
     if not attrs.get("complete", False):
         return None
-    checksums = _read_checksums(path, group)
+    checksums = _read_checksums(path, arrays["checksums"])
     written = checksums.any(axis=1)
     if not written.all():
         missing = np.flatnonzero(~written)
@@ -672,9 +697,9 @@ def check_structure(path: Path | str, group: zarr.Group) -> np.ndarray | None:
     return checksums
 
 
-def _read_checksums(path: Path | str, group: zarr.Group) -> np.ndarray:
+def _read_checksums(path: Path | str, checksums: zarr.Array) -> np.ndarray:
     try:
-        return np.asarray(group["checksums"][:], dtype=np.uint8)
+        return np.asarray(checksums[:], dtype=np.uint8)
     except Exception as exc:  # zarr/numcodecs raise many types for damaged chunks
         raise StoreDamaged(
             f"{path}: damaged store: the checksums array is unreadable ({exc})") from exc

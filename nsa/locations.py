@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nsa.errors import UserError
+from nsa.errors import OutputError, UserError
 
 S3_SCHEME = "s3://"
 #: A scheme with one slash (``s3:/b/x.zarr``): a mistyped URL, never meant as a folder.
@@ -167,11 +167,16 @@ class S3Location:
         return fs
 
     def zarr_store(self, read_only: bool = False) -> Any:
-        """A zarr ``FsspecStore`` rooted at this prefix."""
+        """A zarr ``FsspecStore`` rooted at this prefix; read-only, wrapped in a
+        :class:`~nsa.shard_index.ShardIndexCache` (each shard's index fetched once, not
+        once per chunk read)."""
         from zarr.storage import FsspecStore
 
-        return FsspecStore.from_url(str(self), storage_options=self.storage_options(),
-                                    read_only=read_only)
+        from nsa.shard_index import ShardIndexCache
+
+        store = FsspecStore.from_url(str(self), storage_options=self.storage_options(),
+                                     read_only=read_only)
+        return ShardIndexCache(store) if read_only else store
 
     def list_keys(self) -> list[str]:
         """Every object under the prefix, relative to it (``zarr.json``, ``images/c/0/0/0``)."""
@@ -251,6 +256,41 @@ class S3Location:
 
 
 Location = LocalLocation | S3Location
+
+
+def connection_errors() -> tuple[type[Exception], ...]:
+    """botocore's errors for a server that does not answer (connection refused or
+    closed, timeouts): no OSError, unlike s3fs's translations of S3's answers."""
+    import botocore.exceptions
+
+    return botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError
+
+
+def endpoint_lost(exc: BaseException, location: Location, then: str = "") -> OutputError | None:
+    """The one-line :class:`~nsa.errors.OutputError` (exit 1) for ``exc`` when it is
+    botocore's report of an S3 server that stopped answering (connection refused or
+    closed, a timeout) while ``location`` was in use, else None. ``then`` is appended
+    (what the user can do, e.g. resume)."""
+    if not isinstance(location, S3Location) or not isinstance(exc, connection_errors()):
+        return None
+    server = location.endpoint or "AWS S3"
+    return OutputError(f"{location}: the S3 endpoint {server} stopped answering "
+                       f"({exc.__class__.__name__})" + (f"; {then}" if then else ""))
+
+
+@contextmanager
+def s3_failures(location: Location, then: str = "") -> Iterator[None]:
+    """In the body, an S3 server that stops answering becomes the one line of
+    :func:`endpoint_lost` (a botocore error is no OSError: it would otherwise end a
+    command with a traceback)."""
+    try:
+        yield
+    except Exception as exc:  # re-raised unless it is botocore's lost connection
+        lost = endpoint_lost(exc, location, then)
+        if lost is None:
+            raise
+        raise lost from None
+
 
 
 def _error_code(exc: BaseException) -> str | None:
@@ -349,7 +389,7 @@ class S3Lock:
         """Extend the lease; record :attr:`lost` when the lock is no longer ours."""
         try:
             self.etag = self._put(self.location.filesystem(), IfMatch=self.etag or "")
-        except OSError as exc:
+        except (OSError, *connection_errors()) as exc:
             self.lost = f"its renewal failed ({exc})"
 
     def check(self) -> None:

@@ -7,13 +7,15 @@
   that enters :func:`nsa.ray_session.ray_session` reuses it instead of starting its own.
 - ``s3_server``: moto's standalone S3 server (``moto_server``, the way s3fs tests itself)
   on 127.0.0.1 for the session; ``s3_bucket``: a new bucket on it, with
-  ``AWS_ENDPOINT_URL`` pointing there for the test. Fake credentials are in the
+  ``AWS_ENDPOINT_URL`` pointing there for the test; ``own_s3_server``: another one for a
+  test that stops it. Fake credentials are in the
   environment from the start of the session (so Ray workers started by any test have
   them), and no real ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -114,9 +116,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 at a free port for the session; yields its endpoint."""
+@contextlib.contextmanager
+def _moto_server() -> Iterator[tuple[str, subprocess.Popen]]:
+    """moto's S3 server on 127.0.0.1 at a free port: (endpoint, process)."""
     port = _free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -131,10 +133,24 @@ def s3_server() -> Iterator[str]:
                 assert server.poll() is None, "moto_server exited"
                 assert time.monotonic() < deadline, "moto_server did not start in 60 s"
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 at a free port for the session; yields its endpoint."""
+    with _moto_server() as (endpoint, _):
+        yield endpoint
+
+
+@pytest.fixture
+def own_s3_server() -> Iterator[tuple[str, subprocess.Popen]]:
+    """A moto S3 server for one test, which may stop it: (endpoint, its process)."""
+    with _moto_server() as started:
+        yield started
 
 
 @pytest.fixture

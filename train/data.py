@@ -24,6 +24,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import shutil
@@ -384,6 +385,14 @@ def _unchanged(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+def _freeze_inherited(worker: int) -> None:
+    """Keep a loader process's garbage collector off what it inherited from the training
+    process: a full collection touches every object, and so copies every page that holds
+    one (torch, zarr, botocore's models: measured, creating the S3 client in a loader
+    process cost 0.55 CPU s and 33k page faults this way, 0.14 s frozen)."""
+    gc.freeze()
+
+
 def make_loader(dataset: ShardStream, pin_memory: bool = False) -> Iterable[dict[str, Any]]:
     """The batches of ``dataset``'s current epoch, read by its planned number of loader
     processes (0: in the training process; the batches are the same either way).
@@ -396,6 +405,7 @@ def make_loader(dataset: ShardStream, pin_memory: bool = False) -> Iterable[dict
         dataset, batch_size=None, num_workers=processes, pin_memory=pin_memory,
         prefetch_factor=PREFETCH if processes else None,
         collate_fn=_unchanged if dataset.through_pipe else None,
+        worker_init_fn=_freeze_inherited if processes else None,
     )
     if not dataset.through_pipe:
         return loader

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from nsa.generate import shards
 from nsa.generate.generation import generate_store
 from nsa.generate.sources import mvtec_source
@@ -23,6 +24,7 @@ from nsa.train.checkpoint import CONFIG_FILE, MODEL_FILE
 from nsa.train.trainer import TrainConfig, train
 
 from nsa.locations import parse_location
+from nsa.shard_index import ShardIndexCache
 
 BIN = Path(sys.executable).parent
 CATEGORY = "bottle"
@@ -164,3 +166,97 @@ steps = 1
         f"{config}: [generate] stores: s3://no-such-bucket-nsa/nsa/{CATEGORY}/seed0.zarr: "
         f"bucket 'no-such-bucket-nsa' does not exist on {s3_server}")
     assert not (tmp_path / "out").exists()
+
+
+def _sharded_store(path: Path) -> Path:
+    """A complete 48-example 32 px grey store of 6 chunks in 3 shards (so that chunks are
+    read as byte ranges of a shard), written through the store API."""
+    from nsa.generate.presets import resolve_settings
+
+    n, side, chunk = 48, 32, 8
+    settings = resolve_settings("elpv")
+    settings["augment"] = {"rotate": 0, "center_crop": None, "crop": None, "vflip": True,
+                           "hflip": True}
+    shards.create_store(path, n=n, height=side, width=side, channels=1, chunk_size=chunk,
+                        shard_chunks=2, attrs={"preset": "elpv", "settings": settings,
+                                               "seed": 0, "reasons": [""]})
+    store = shards.open_store(path, allow_incomplete=True, mode="r+")
+    rng = np.random.default_rng(0)
+    for shard in range(store.n_shards):
+        m = 2 * chunk
+        store.write_shard(shard, shards.ChunkData(
+            images=rng.integers(0, 256, (m, side, side, 1), np.uint8),
+            masks=rng.integers(0, 256, (m, side, side, 1), np.uint8),
+            labels=rng.integers(0, 2, m, np.uint8), dest_index=np.arange(m, dtype=np.int32),
+            source_index=np.arange(m, dtype=np.int32),
+            boxes=np.full((m, shards.MAX_PATCHES, 4), -1, np.int16),
+            reason=np.zeros(m, np.uint8)))
+    store.mark_complete()
+    return path
+
+
+def test_the_trainer_gets_the_same_batches_from_s3_as_from_disk(s3_bucket, tmp_path):
+    """Same seed, same store bytes: every batch of two epochs (one resumed half-way) is
+    the same from the bucket as from the folder, read in a loader process or in this one;
+    each shard's index is fetched once per process, not once per chunk."""
+    from nsa.train.data import ShardStream, make_loader, open_training_stores
+
+    local = _sharded_store(tmp_path / "local.zarr")
+    url = f"{s3_bucket}/copy.zarr"
+    parse_location(url).put((str(f.relative_to(local)), f.read_bytes())
+                            for f in sorted(local.rglob("*")) if f.is_file())
+
+    def batches(where: str | Path, processes: int, epoch: int, skip: int) -> list[bytes]:
+        dataset = ShardStream(open_training_stores([where]), seed=3, batch_size=4,
+                              shuffle_chunks=2, loader_workers=1, processes=processes)
+        dataset.set_epoch(epoch, skip)
+        return [b["stacked"].numpy().tobytes() for b in make_loader(dataset)]
+
+    for epoch, skip in ((0, 0), (1, 5)):
+        disk = batches(local, 1, epoch, skip)
+        assert len(disk) == 12 - skip
+        assert batches(url, 1, epoch, skip) == disk
+        assert batches(url, 0, epoch, skip) == disk
+
+    store = shards.open_store(url)
+    assert isinstance(store.group.store, ShardIndexCache)
+    for chunk in range(store.n_chunks):
+        store.read_chunk(chunk)
+    assert len(store.group.store._suffixes) == store.n_shards * len(shards.EXAMPLE_ARRAYS)
+
+
+def test_an_s3_server_that_stops_while_a_shard_is_written_is_one_line_naming_the_url(
+        own_s3_server, monkeypatch):
+    import pytest
+    import s3fs
+
+    from nsa.errors import OutputError
+    from nsa.locations import S3Lock, s3_failures
+
+    endpoint, server = own_s3_server
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries: 8 s to give up
+    s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).mkdir("stopping")
+    url = "s3://stopping/x.zarr"
+    shards.create_store(url, n=16, height=8, width=8, channels=1, chunk_size=8, attrs={})
+    store = shards.open_store(url, allow_incomplete=True, mode="r+")
+    lock = S3Lock(store.location)
+    lock.acquire()
+    server.terminate()
+    server.wait(timeout=30)
+    lock.renew()  # the writer lock's renewal thread: the lock is lost, no traceback
+    assert lock.lost == (f"its renewal failed (Could not connect to the endpoint URL: "
+                         f'"{endpoint}/stopping/.x.zarr.lock")')
+    m = 8  # one shard: one chunk
+    data = shards.ChunkData(
+        images=np.zeros((m, 8, 8, 1), np.uint8), masks=np.zeros((m, 8, 8, 1), np.uint8),
+        labels=np.zeros(m, np.uint8), dest_index=np.zeros(m, np.int32),
+        source_index=np.zeros(m, np.int32),
+        boxes=np.full((m, shards.MAX_PATCHES, 4), -1, np.int16), reason=np.zeros(m, np.uint8))
+    with pytest.raises(OutputError) as error, s3_failures(store.location, "resume it"):
+        store.write_shard(0, data)
+    assert str(error.value) == (f"{url}: the S3 endpoint {endpoint} stopped answering "
+                                "(EndpointConnectionError); resume it")
+    assert error.value.exit_code == 1
+    with pytest.raises(ZeroDivisionError), s3_failures(store.location):
+        raise ZeroDivisionError  # anything else passes unchanged
