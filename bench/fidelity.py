@@ -41,9 +41,10 @@ union the same region) is not trained again: its figures are the project's, mark
 
 Each (arm, seed) result is kept in ``WORK/results/ARM-sSEED.json``, so an interrupted run
 continues where it stopped (``--redo`` forgets them). The table prints each arm's mean
-+- sample standard deviation, its difference to ``--baseline`` and a 95 % Welch
-t-interval of that difference (seeds are independent draws; the release's random
-streams cannot be paired with ours). It is also written to ``WORK/fidelity.md``.
++- sample standard deviation, and its difference to each ``--baselines`` arm (the
+release and the project's defaults) with a 95 % Welch t-interval (seeds are treated as
+independent draws; the release's random streams cannot be paired with ours). It is
+also written to ``WORK/fidelity.md``.
 
 Run (about 6 minutes per arm and seed on 2 CPU cores; ``--device cuda`` on a GPU)::
 
@@ -364,22 +365,27 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return diff, diff - half, diff + half
 
 
-def table(results: dict[str, dict[int, float]], baseline: str) -> str:
-    lines = [f"| arm | seeds | image AUROC per seed | mean +- std | minus {baseline} "
-             "[95 % CI] |", "|---|---|---|---|---|"]
+def table(results: dict[str, dict[int, float]], baselines: list[str]) -> str:
+    """Markdown table: per arm the AUROC of each seed, mean +- sample std, and its
+    difference to each of ``baselines`` with a 95 % Welch interval."""
+    head = "".join(f" minus {b} [95 % CI] |" for b in baselines)
+    lines = [f"| arm | seeds | image AUROC per seed | mean +- std |{head}",
+             "|---|---|---|---|" + "---|" * len(baselines)]
     for arm, by_seed in results.items():
         if not by_seed:
             continue
         values = [by_seed[s] for s in sorted(by_seed)]
         std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
         per_seed = ", ".join(f"{s}: {by_seed[s]:.3f}" for s in sorted(by_seed))
-        if arm == baseline or not results.get(baseline):
-            versus = "" if arm == baseline else "no baseline"
-        else:
+        versus = []
+        for baseline in baselines:
+            if arm == baseline or not results.get(baseline):
+                versus.append("")
+                continue
             diff, lo, hi = welch(values, list(results[baseline].values()))
-            versus = f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            versus.append(f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         lines.append(f"| {arm} | {len(values)} | {per_seed} | {np.mean(values):.3f} +- "
-                     f"{std:.3f} | {versus} |")
+                     f"{std:.3f} | " + " | ".join(versus) + " |")
     return "\n".join(lines)
 
 
@@ -393,7 +399,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8000, help="examples = steps x batch size")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--baseline", default="authors", choices=ARMS)
+    parser.add_argument("--baselines", nargs="+", default=["authors", "project"],
+                        choices=ARMS, help="arms every other arm is compared with")
     parser.add_argument("--device", default="cpu",
                         help="cpu, cuda or auto for training and scoring every arm")
     parser.add_argument("--redo", action="store_true", help="forget kept results")
@@ -431,7 +438,7 @@ def main() -> None:
             path.write_text(json.dumps(record, indent=1) + "\n")
             results[arm][seed] = record["image_auroc"]
             print(f"  image AUROC {record['image_auroc']:.4f}", flush=True)
-    text = table(results, args.baseline) + "\n\n" + fill_figures(results, args)
+    text = table(results, args.baselines) + "\n\n" + fill_figures(results, args)
     (args.work / "fidelity.md").write_text(text + "\n")
     print(text)
 
