@@ -165,7 +165,9 @@ def _existing_hint(out: Location) -> str:
     """What to do about an existing ``out``: finish an interrupted store, replace a
     complete one, or choose another path for anything that is not an NSA store."""
     if not _is_store(out):
-        return "it is not an NSA store: choose another --out"
+        if isinstance(out, S3Location) or not out.path.is_dir() or any(out.path.iterdir()):
+            return "it is not an NSA store: choose another --out"
+        return "it is an empty folder: pass --overwrite to write the store into it"
     try:
         shards.open_store(out)
     except shards.StoreError:

@@ -134,7 +134,8 @@ def test_existing_out_without_resume_or_overwrite_is_one_line_exit_2(mvtec_root,
     out.mkdir()
     result = _run("mvtec", "--root", mvtec_root, "--category", CATEGORY, "--n", 8,
                   "--out", out, *SMALL)
-    _assert_one_line_error(result, str(out), "--resume", "--overwrite")
+    _assert_one_line_error(result, str(out), "empty folder", "--overwrite")
+    assert "--resume" not in result.stderr
     assert _nothing_complete(out)
 
 
