@@ -3,17 +3,13 @@ release's ``patch_ex`` arguments (the arms themselves are the benchmark's busine
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import cv2
 import pytest
+from bench_scripts import bench_script
 from nsa.generate.presets import resolve_settings
 from scipy import stats
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "fidelity.py"
 
 #: The keyword parameters of the release's ``patch_ex`` (self_sup_data/self_sup_tasks.py).
 PATCH_EX_KEYWORDS = {
@@ -24,31 +20,24 @@ PATCH_EX_KEYWORDS = {
 }
 
 
-def _bench():
-    if "fidelity" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fidelity", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fidelity"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fidelity"]
-
 
 def test_welch_interval_is_scipys():
     a, b = [0.871, 0.859, 0.864], [0.859, 0.859, 0.875]
-    diff, lo, hi = _bench().welch(a, b)
+    diff, lo, hi = bench_script("fidelity").welch(a, b)
     expected = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     assert diff == pytest.approx(sum(a) / 3 - sum(b) / 3)
     assert (lo, hi) == pytest.approx((expected.low, expected.high))
 
 
 def test_welch_with_one_seed_has_no_interval():
-    diff, lo, hi = _bench().welch([0.9], [0.8, 0.85])
+    diff, lo, hi = bench_script("fidelity").welch([0.9], [0.8, 0.85])
     assert diff == pytest.approx(0.075) and math.isnan(lo) and math.isnan(hi)
 
 
 def test_table_compares_each_arm_with_each_baseline():
-    text = _bench().table({"authors": {0: 0.86, 1: 0.87}, "project": {0: 0.88, 1: 0.86},
-                           "pairing": {}}, ["authors", "project"])
+    text = bench_script("fidelity").table(
+        {"authors": {0: 0.86, 1: 0.87}, "project": {0: 0.88, 1: 0.86}, "pairing": {}},
+        ["authors", "project"])
     rows = text.splitlines()
     assert len(rows) == 4  # header, rule, two arms with results
     assert rows[2].startswith("| authors | 2 | 0: 0.860, 1: 0.870 | 0.865 +- 0.007 |  |")
@@ -57,7 +46,7 @@ def test_table_compares_each_arm_with_each_baseline():
 
 def test_release_arguments_are_the_elpv_presets_figures():
     settings = resolve_settings("elpv", {"size": 128})
-    arguments = _bench().release_arguments(settings)
+    arguments = bench_script("fidelity").release_arguments(settings)
     assert set(arguments) == PATCH_EX_KEYWORDS
     assert arguments["mode"] == cv2.MIXED_CLONE
     assert arguments["width_bounds_pct"] == ((0.03, 0.4), (0.03, 0.4))

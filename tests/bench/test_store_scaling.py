@@ -3,37 +3,22 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+from bench_scripts import bench_script
 from nsa.generate import shards
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "store_scaling.py"
-
-
-def _bench():
-    """The script as a module (registered, as its dataclasses need)."""
-    if "store_scaling" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("store_scaling", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["store_scaling"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["store_scaling"]
 
 
 def test_synthetic_store_is_complete_sound_and_in_the_default_layout(tmp_path):
-    path = _bench().write_synthetic_store(tmp_path / "s.zarr", 200, 32)
+    path = bench_script("store_scaling").write_synthetic_store(tmp_path / "s.zarr", 200, 32)
     store = shards.open_store(path)
     assert (store.n, store.n_chunks, store.n_shards) == (200, 4, 4)
     assert shards.verify_store(path) == 4
-    files, size = _bench().files_and_bytes(path)
+    files, size = bench_script("store_scaling").files_and_bytes(path)
     assert files == 9 + 8 * 4 and size > 0
 
 
 def test_main_prints_one_row_per_size_with_every_tool_and_its_ratio(tmp_path, capsys):
-    _bench().main(["--base", "64", "--factors", "1", "2", "--size", "32", "--repeats", "1",
-                   "--work", str(tmp_path)])
+    bench_script("store_scaling").main(["--base", "64", "--factors", "1", "2", "--size", "32",
+                                        "--repeats", "1", "--work", str(tmp_path)])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[1].split()[:6] == ["n", "chunks", "shards", "files", "MB", "read"]
     rows = [line.split() for line in lines[2:]]

@@ -6,19 +6,7 @@ import pytest
 from nsa.generate.poisson import poisson_blend
 from scipy import ndimage, sparse
 from scipy.sparse import linalg as sparse_linalg
-
-
-def textured(rng: np.random.Generator, h: int, w: int, channels: int = 1) -> np.ndarray:
-    noise = rng.normal(128, 60, (h, w, channels)).astype(np.float32)
-    smooth = cv2.GaussianBlur(noise, (0, 0), 2.0).reshape(h, w, channels)
-    return np.clip(smooth * 2 - 128, 0, 255).astype(np.uint8)
-
-
-def ringed(mask: np.ndarray) -> np.ndarray:
-    mask = mask.astype(np.uint8)
-    mask[0, :] = mask[-1, :] = 0
-    mask[:, 0] = mask[:, -1] = 0
-    return mask
+from synthetic_images import ringed, textured
 
 
 def cv2_blend(dest, src, mask, y, x, mixed):

@@ -19,21 +19,11 @@ from nsa.generate.presets import SettingsError, parse_settings, resolve_settings
 from nsa.generate.rng import epoch_rng
 from nsa.generate.sources import mvtec_source
 from nsa.generate.synthesis import _Synthesizer, make_example, prepare_sources
+from synthetic_images import ringed, textured
 
 SIDE = 96
 
 
-def textured(rng: np.random.Generator, h: int, w: int, channels: int) -> np.ndarray:
-    noise = rng.normal(128, 60, (h, w, channels)).astype(np.float32)
-    smooth = cv2.GaussianBlur(noise, (0, 0), 2.0).reshape(h, w, channels)
-    return np.clip(smooth * 2 - 128, 0, 255).astype(np.uint8)
-
-
-def ringed(mask: np.ndarray) -> np.ndarray:
-    mask = mask.astype(np.uint8)
-    mask[0, :] = mask[-1, :] = 0
-    mask[:, 0] = mask[:, -1] = 0
-    return mask
 
 
 def release_clone(dest, patch, mask, box, mixed=False):
