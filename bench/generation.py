@@ -3,7 +3,10 @@
 Measured in one run, so the ratios compare like with like on the same (possibly busy)
 machine; every rate is the best of 3 runs:
 
-1. the engine alone: ``make_example`` in a loop in this process (examples/s);
+1. the engine alone: ``make_example`` in a loop in this process (examples/s), and the same
+   loop in 2 processes at once (no Ray, no store): what this machine's cores deliver in
+   parallel, the ceiling for 2 workers (on a virtual machine whose 2 vCPUs share a
+   physical core, or under other tenants' load, it is well below twice one process);
 2. the generation phase of ``nsa-gen`` (``run_shards``: Ray tasks making, compressing and
    writing whole shards) with 1 and with 2 workers, in a warm Ray session, so Ray's
    start, worker start-up and image loading are not counted; the timed stores have the
@@ -30,7 +33,9 @@ Run: ``.venv/bin/python bench/generation.py`` (about 2 minutes on 2 idle cores).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -68,6 +73,53 @@ def engine_rate(cell_type: str, size: int, n: int) -> tuple[float, float]:
             make_example(sources, settings, 0, index)
         rates.append(n / (time.perf_counter() - start))
         cpu.append(1e3 * (time.process_time() - start_cpu) / n)
+    return max(rates), min(cpu)
+
+
+def _engine_loop(cell_type: str, size: int, n: int, first: int,
+                 start: multiprocessing.synchronize.Barrier,
+                 results: multiprocessing.Queue) -> None:
+    """One process of :func:`parallel_engine_rate`: examples ``first .. first + n - 1``,
+    started together with the others; puts (start, end, CPU seconds) on ``results``."""
+    cv2.setNumThreads(1)
+    settings = resolve_settings("elpv", {"size": size})
+    sources = prepare_sources(load_images(elpv_source(cell_type).files, size), settings)
+    make_example(sources, settings, 0, first)
+    start.wait()
+    began, began_cpu = time.perf_counter(), time.process_time()
+    for index in range(first, first + n):
+        make_example(sources, settings, 0, index)
+    results.put((began, time.perf_counter(), time.process_time() - began_cpu))
+
+
+def parallel_engine_rate(cell_type: str, size: int, n: int,
+                         processes: int) -> tuple[float, float]:
+    """Examples/s of ``processes`` engine loops running at once, ``n`` examples each, from
+    the first start to the last end, and their CPU milliseconds per example (both the best
+    of ``REPEATS`` runs). Forked processes, so the engine is imported once."""
+    context = multiprocessing.get_context("fork")
+    rates, cpu = [], []
+    for _ in range(REPEATS):
+        start, results = context.Barrier(processes), context.Queue()
+        workers = [context.Process(target=_engine_loop,
+                                   args=(cell_type, size, n, k * n, start, results))
+                   for k in range(processes)]
+        for worker in workers:
+            worker.start()
+        spans: list[tuple[float, float, float]] = []
+        while len(spans) < processes:
+            try:
+                spans.append(results.get(timeout=1.0))
+            except queue.Empty:
+                if any(worker.exitcode for worker in workers):
+                    for worker in workers:
+                        worker.terminate()
+                    raise RuntimeError("an engine process failed (see above)") from None
+        for worker in workers:
+            worker.join()
+        wall = max(end for _, end, _ in spans) - min(began for began, _, _ in spans)
+        rates.append(processes * n / wall)
+        cpu.append(1e3 * sum(seconds for _, _, seconds in spans) / (processes * n))
     return max(rates), min(cpu)
 
 
@@ -223,6 +275,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nsa-bench-gen-"))
     try:
         engine, engine_cpu = engine_rate(args.cell_type, args.size, args.engine_n)
+        parallel, parallel_cpu = parallel_engine_rate(args.cell_type, args.size,
+                                                      args.engine_n, 2)
         one_run = generation_rate(args.cell_type, args.size, args.n, 1, work, shard_chunks)
         two_run = generation_rate(args.cell_type, args.size, args.n, 2, work, shard_chunks)
         one, two = one_run.rate, two_run.rate
@@ -237,12 +291,16 @@ def main() -> None:
           f"load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} "
           "(other processes' load distorts the 2-worker figures)")
     print(f"engine, 1 process, make_example loop: {engine:8.1f} examples/s")
+    print(f"engine, 2 processes at once:          {parallel:8.1f} examples/s "
+          f"({parallel / engine:.2f}x one process: this machine's parallel ceiling)")
     print(f"nsa-gen generation, 1 worker:          {one:8.1f} examples/s "
           f"({one / engine:.0%} of the engine)")
     print(f"nsa-gen generation, 2 workers:         {two:8.1f} examples/s")
     print(f"scaling 1 -> 2 workers:                {two / one:8.2f}x")
     print(f"2 workers vs 2x the engine:            {two / (2 * engine):8.0%}")
-    print(f"CPU per example, engine:               {engine_cpu:8.3f} ms")
+    print(f"2 workers vs 2 engine processes:       {two / parallel:8.0%}")
+    print(f"CPU per example, engine:               {engine_cpu:8.3f} ms "
+          f"(2 processes at once: {parallel_cpu:.3f} ms)")
     for count, run in ((1, one_run), (2, two_run)):
         total = run.worker_cpu_ms + run.other_cpu_ms
         print(f"CPU per example, {count} worker{'s' * (count > 1)}:{' ' * (count == 1)}          "
