@@ -307,8 +307,10 @@ def main() -> None:
               f"{total:8.3f} ms (workers {run.worker_cpu_ms:.3f}, Ray's other processes and "
               f"the driver {run.other_cpu_ms:.3f}); engine CPU / generation CPU "
               f"{engine_cpu / total:.0%}")
-    print(f"on disk ({shards.COMPRESSOR.cname.value}, clevel {shards.COMPRESSOR.clevel}, "
-          f"{shards.COMPRESSOR.shuffle.value}): {on_disk / args.n / 1e3:.1f} kB per example")
+    codecs = ", ".join(f"{name}: {codec.cname.value} {codec.clevel} {codec.shuffle.value}"
+                       for name, codec in (("images", shards.COMPRESSOR),
+                                           ("label maps", shards.MASK_COMPRESSOR)))
+    print(f"on disk ({codecs}): {on_disk / args.n / 1e3:.1f} kB per example")
     for n, (rss, pss, wall) in zip(args.memory_n, memory, strict=True):
         print(f"peak memory, nsa-gen elpv --n {n:<6}: RSS sum {rss:7.0f} MB, "
               f"PSS sum {pss:7.0f} MB ({wall:.0f} s wall)")

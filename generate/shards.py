@@ -93,6 +93,10 @@ MIN_SHARDS = 32
 # example on disk, 2 workers at 63% of twice the engine rate); lz4-5 with bit shuffle at
 # 0.05 ms (48.8 kB, 71%), and it reads back twice as fast (3.7 against 7.6 ms per chunk).
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
+# The pixel label maps are mostly zeros with a few flat regions, which lz4 finds without
+# the bit shuffle: on 640 ELPV maps at 128 px, 31.7x smaller and 0.007 ms per example to
+# compress without it, 16.4x and 0.019 ms with it (images: 1.41x with, 1.05x without).
+MASK_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.noshuffle)
 
 #: Arrays that hold one row per example, in the order their bytes enter a chunk checksum.
 EXAMPLE_ARRAYS = ("images", "masks", "labels", "dest_index", "source_index", "boxes", "reason")
@@ -250,7 +254,8 @@ def _fill_new_group(group: zarr.Group, layout: dict[str, int], attrs: dict[str, 
     for name, spec in array_specs(**layout).items():
         group.create_array(name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks,
                            shards=spec.shards,
-                           compressors=COMPRESSOR if spec.shards else None,
+                           compressors=(None if not spec.shards else MASK_COMPRESSOR
+                                        if name == "masks" else COMPRESSOR),
                            fill_value=spec.fill)
     group.attrs.update({**attrs, "format": FORMAT, "format_version": FORMAT_VERSION,
                         **layout, "complete": False})

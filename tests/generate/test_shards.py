@@ -59,6 +59,12 @@ def test_written_chunk_reads_back_identically_including_the_short_last_chunk(tmp
     assert store.written_chunks().tolist() == [True, True, True]
 
 
+def test_label_maps_are_compressed_without_the_bit_shuffle_images_with_it(tmp_path):
+    group = _store(tmp_path).group
+    shuffles = {name: group[name].compressors[0].shuffle.value for name in ("images", "masks")}
+    assert shuffles == {"images": "bitshuffle", "masks": "noshuffle"}
+
+
 def test_incomplete_store_is_refused_unless_asked_for(tmp_path):
     _store(tmp_path)
     with pytest.raises(shards.StoreError, match="incomplete"):
