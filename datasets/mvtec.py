@@ -24,7 +24,8 @@ MPDD_CATEGORIES = ("bracket_black", "bracket_brown", "bracket_white", "connector
 
 MVTEC = category_dataset(
     "mvtec", "MVTec AD",
-    "MVTec AD: training images ROOT/CATEGORY/train/good/ (any image format, any case).",
+    "MVTec AD: ROOT/CATEGORY/train/good/ to train on, test/good/ against test/<defect>/ "
+    "with masks in ground_truth/<defect>/ (any image format, any case).",
     MVTEC_CATEGORIES, mvtec_source, lambda root, category: [mvtec_testset(root, category)],
     default_preset=lambda category: category if category in MVTEC_CATEGORIES else None,
 )
