@@ -190,4 +190,5 @@ def verify(store: Annotated[str, typer.Argument(help="Store to check (folder or 
     """Re-check every chunk against its stored checksum; exit 1 naming bad chunks."""
     with cli_errors():
         checked = shards.verify_store(store, progress=not quiet)
-        print(f"{store}: all {checked} chunks match their checksums")
+        print(f"{store}: the chunk matches its checksum" if checked == 1
+              else f"{store}: all {checked} chunks match their checksums")

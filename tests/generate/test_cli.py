@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from bench_scripts import bench_script
 from nsa.generate import shards
 from nsa.generate.cli import app
 from nsa.generate.generation import generate_store
@@ -184,6 +185,14 @@ def test_verify_reports_a_corrupted_chunk_by_index_with_exit_1(cli_store, tmp_pa
     result = _run("verify", damaged, "--quiet")
     assert result.exit_code == 1
     assert "chunk 2" in result.stderr and "chunk 1" not in result.stderr
+
+
+def test_verify_counts_the_chunks_it_checked_in_words(cli_store, tmp_path):
+    assert _run("verify", cli_store).stdout.endswith(
+        f"{cli_store}: all {shards.open_store(cli_store).n_chunks} chunks match their "
+        "checksums\n")
+    one = bench_script("store_scaling").write_synthetic_store(tmp_path / "one.zarr", 10, 16)
+    assert _run("verify", one).stdout.endswith(f"{one}: the chunk matches its checksum\n")
 
 
 def test_preview_writes_a_png_grid(mvtec_root, tmp_path):
