@@ -36,7 +36,7 @@ OUT = typer.Option(..., "--out", help="Folder for metrics.json/.csv/.md, maps/, 
 PROTOCOL = typer.Option(
     "nsa", help="nsa: the paper's (side px, mean score); mvtec: native size, max score."
 )
-DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+DEVICE = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
 BATCH_SIZE = typer.Option(16, help="Images per forward pass.")
 MAX_PICTURES = typer.Option(20, help="Overlay pictures per test set in maps/ (0: none).")
 PROGRESS = typer.Option(True, help="Show a progress bar.")

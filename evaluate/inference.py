@@ -140,7 +140,7 @@ class LoadedRun:
 
 
 def load_run(model: Any, device: str) -> LoadedRun:
-    """Load the run directory ``model`` onto ``device`` (auto, cpu or cuda) for inference.
+    """Load the run directory ``model`` onto ``device`` (auto, cpu, cuda or cuda:N) for inference.
 
     Raises UserError naming the run when it is unusable, including a model whose weights
     hold NaN or infinity (training diverged): its maps would be meaningless.
