@@ -22,11 +22,9 @@ Arms (``--arms``; each over every ``--seeds``):
 - ablations, one change each from ``project`` towards the release:
   ``final-layer`` (``nsa-train --final-layer transposed``), ``label-region``
   (``--set label_region="overwrite"``), ``placement`` (``--set
-  patch_placement="seamless-clone"``), ``no-flips`` (``--set 'augment={"vflip": false,
-  "hflip": false}'``) and ``pairing`` (``--set pairing="previous"``); and ``nearest``
-  (``--set rounding="nearest"``), the rounding of the project's defaults before 0.2
-  (since 0.2 the defaults truncate, as the release does; docs/method.md gives the
-  figures of that change, when it was the ablation ``rounding="truncate"``).
+  patch_placement="seamless-clone"``), ``rounding`` (``--set rounding="truncate"``),
+  ``no-flips`` (``--set 'augment={"vflip": false, "hflip": false}'``) and
+  ``pairing`` (``--set pairing="previous"``).
 
 What the maps show: ELPV cells with a large dark (inactive) area are often outlined
 rather than filled by the map. For every defective test cell whose largest dark region
@@ -96,13 +94,13 @@ ABLATIONS: dict[str, tuple[list[str], list[str]]] = {
     "final-layer": ([], ["--final-layer", "transposed"]),
     "label-region": (["--set", 'label_region="overwrite"'], []),
     "placement": (["--set", 'patch_placement="seamless-clone"'], []),
-    "nearest": (["--set", 'rounding="nearest"'], []),
+    "rounding": (["--set", 'rounding="truncate"'], []),
     "no-flips": (["--set", 'augment={"vflip": false, "hflip": false}'], []),
     "pairing": (["--set", 'pairing="previous"'], []),
 }
 ARMS = ["authors", *ABLATIONS]
 #: Ablations that change only how examples are made (not what training reads).
-SYNTHESIS_ONLY = {"label-region", "placement", "nearest", "pairing"}
+SYNTHESIS_ONLY = {"label-region", "placement", "rounding", "pairing"}
 
 
 def run(command: list[str], log: Path) -> None:

@@ -144,9 +144,7 @@ class SynthesisSettings(_Model):
     #: Poisson blend written into the sampled box, or placed by its centre as
     #: cv2.seamlessClone does (the label stays on the box)
     patch_placement: Literal[PATCH_PLACEMENTS] = "box"
-    #: Poisson solution to grey levels: truncated as OpenCV's seamlessClone writes it (the
-    #: default since 0.2; docs/method.md, "Measured against the release"), or rounded
-    rounding: Literal[ROUNDINGS] = "truncate"
+    rounding: Literal[ROUNDINGS] = "nearest"  # Poisson solution to grey levels
     #: source drawn at random, or the previous image of a shuffled pass over the images
     pairing: Literal[PAIRINGS] = "random"
     kind: Literal[KINDS]

@@ -164,14 +164,9 @@ def test_preset_rows_resolve_to_the_frozen_settings(key):
     name, _, size = key.partition("@")
     settings = resolve_settings(name, {"size": int(size)} if size else None)
     old = FROZEN[key]
-    # version 2 renamed epochs to paper_epochs and records its version; since 0.2 the
-    # default rounding is truncation, which records name (a record without it means
-    # rounding to nearest, as these were made); nothing else moved
-    assert settings == {**upgrade_settings(old), "rounding": "truncate"}
-    assert parse_settings(old).record() == upgrade_settings(old)
-    as_made = resolve_settings(name, {"rounding": "nearest", **({"size": int(size)} if size
-                                                                  else {})})
-    assert json.dumps(as_made) == json.dumps(upgrade_settings(old))
+    # version 2 renamed epochs to paper_epochs and records its version; nothing else moved
+    assert json.dumps(settings) == json.dumps(upgrade_settings(old))
+    assert parse_settings(old).record() == settings
 
 
 def test_the_object_mask_condition_excludes_both_cutpaste_baselines():
@@ -207,17 +202,11 @@ def test_a_version_1_store_is_read_and_resumed_as_the_same_settings():
 
     old = FROZEN["bottle@128"]
     check_recorded_settings(old)
-    wanted = {"preset": "bottle",
-              "settings": resolve_settings("bottle", {"size": 128, "rounding": "nearest"}),
+    wanted = {"preset": "bottle", "settings": resolve_settings("bottle", {"size": 128}),
               "seed": 0, "n": 8, "chunk_size": 4, "height": 128, "width": 128,
               "channels": 3, "source": {"kind": "mvtec", "files": []}}
     attrs = {**wanted, "settings": old}
     assert _resume_mismatch(attrs, wanted) is None
-    # with today's defaults it differs in the rounding alone, and says how to resume it
-    today = {**wanted, "settings": resolve_settings("bottle", {"size": 128})}
-    assert _resume_mismatch(attrs, today) == (
-        "settings: rounding ('nearest' there, 'truncate' now) (to finish it as it was made: "
-        '--set rounding="nearest")')
     changed = {**old, "num_patches": 2}
     assert _resume_mismatch({**attrs, "settings": changed}, wanted) == (
         "settings: num_patches (2 there, 3 now) (to finish it as it was made: "

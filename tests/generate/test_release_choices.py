@@ -211,12 +211,7 @@ def test_previous_pairing_stores_are_the_same_with_one_and_two_workers(
 
 def test_records_leave_out_settings_at_the_value_older_stores_were_made_with():
     settings = resolve_settings("bottle", {"size": 64})
-    assert not {"label_region", "patch_placement", "pairing"} & set(settings)
-    # truncation is the default since 0.2, so records name it: a record without
-    # ``rounding`` means rounding to nearest, as every store before 0.2 was made
-    assert settings["rounding"] == "truncate"
-    older = resolve_settings("bottle", {"size": 64, "rounding": "nearest"})
-    assert "rounding" not in older
+    assert not {"label_region", "patch_placement", "rounding", "pairing"} & set(settings)
     restored = resolve_settings("bottle", {"size": 64, "label_region": "overwrite",
                                            "patch_placement": "seamless-clone",
                                            "rounding": "truncate", "pairing": "previous"})
@@ -224,7 +219,7 @@ def test_records_leave_out_settings_at_the_value_older_stores_were_made_with():
                                      "pairing")} == {
         "label_region": "overwrite", "patch_placement": "seamless-clone",
         "rounding": "truncate", "pairing": "previous"}
-    typed = parse_settings(older)
+    typed = parse_settings(settings)
     assert (typed.label_region, typed.patch_placement, typed.rounding, typed.pairing) == (
         "union", "box", "nearest", "random")
     wanted = {"preset": "bottle", "settings": restored, "seed": 0, "n": 8,
@@ -232,7 +227,7 @@ def test_records_leave_out_settings_at_the_value_older_stores_were_made_with():
               "source": {"kind": "mvtec", "files": []}}
     # a store made before these settings is not taken for one made with the release's,
     # and the refusal names each setting and the --set that resumes the store as made
-    assert _resume_mismatch({**wanted, "settings": older}, wanted) == (
+    assert _resume_mismatch({**wanted, "settings": settings}, wanted) == (
         "settings: label_region ('union' there, 'overwrite' now); pairing ('random' there, "
         "'previous' now); patch_placement ('box' there, 'seamless-clone' now); rounding "
         "('nearest' there, 'truncate' now) (to finish it as it was made: "
