@@ -40,7 +40,8 @@ union the same region) is not trained again: its figures are the project's, mark
 ``identical_to``.
 
 Each (arm, seed) result is kept in ``WORK/results/ARM-sSEED.json``, so an interrupted run
-continues where it stopped (``--redo`` forgets them). The table prints each arm's mean
+continues where it stopped (``--redo`` forgets them; results of another nsa-pipeline version or
+budget are made again). The table prints each arm's mean
 +- sample standard deviation, and its difference to each ``--baselines`` arm (the
 release and the project's defaults) with a 95 % Welch t-interval (seeds are treated as
 independent draws; the release's random streams cannot be paired with ours). It is
@@ -81,6 +82,8 @@ from nsa.generate.sources import elpv_source
 from nsa.train.checkpoint import load_model
 from nsa.train.devices import resolve_device
 from scipy import stats
+
+from nsa import __version__
 
 CELL_TYPE = "mono"
 BIN = Path(sys.executable).parent
@@ -294,6 +297,53 @@ def dark_regions(size: int) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarr
             [(regions[i][1], regions[i][2]) for i in order])
 
 
+#: Grey levels added to a box of each held-out good cell by :func:`shift_figures`.
+SHIFTS = (-2, -1, 1, 2)
+
+
+def shifted_boxes(cells: np.ndarray, shift: int, seed: int = 0) -> np.ndarray:
+    """``cells`` (N, H, W, 1) uint8 with one random box per cell (20 to 45 % of each
+    side, drawn from ``seed``, the same boxes for every shift) moved by ``shift`` grey
+    levels, clipped to 0..255."""
+    rng = np.random.default_rng(seed)
+    out = cells.astype(np.int16)
+    side = cells.shape[1]
+    for cell in out:
+        h, w = rng.integers(int(0.2 * side), int(0.45 * side), 2)
+        y, x = rng.integers(0, side - h), rng.integers(0, side - w)
+        cell[y:y + h, x:x + w] += shift
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def shift_figures(results: dict[str, dict[int, float]], args: argparse.Namespace) -> str:
+    """Per arm, the share of held-out good cells whose score (mean of the map) rises when
+    a box of the cell is made a little darker or brighter (:data:`SHIFTS`), mean over the
+    seeds. A model that took "slightly darker" for "anomalous" (truncated blends are half
+    a grey level darker on average) scores darker boxes up much more often than 50 %."""
+    good = [image for image in elpv_testset(CELL_TYPE).images if image.label == 0]
+    cells = np.stack([resize_square(read_test_image(image, 1, False)[0], args.size)
+                      for image in good])
+    variants = {shift: shifted_boxes(cells, shift) for shift in SHIFTS}
+    geometry = Geometry(side=args.size, crop=None)
+    lines = [f"Share of the {len(cells)} held-out good cells scored higher with a box "
+             "made darker (-) or brighter (+) by 1 or 2 grey levels, mean over seeds:", "",
+             "| arm | " + " | ".join(f"{shift:+d}" for shift in SHIFTS) + " |",
+             "|---|" + "---|" * len(SHIFTS)]
+    for arm, by_seed in results.items():
+        shares = []
+        for seed in sorted(by_seed):
+            model = arm_model(arm, seed, args)
+            if model is None:
+                continue
+            base = np.array([m.mean() for m in anomaly_maps(model, cells, geometry, "cpu")])
+            shares.append([float(np.mean(np.array([m.mean() for m in anomaly_maps(
+                model, variant, geometry, "cpu")]) > base)) for variant in variants.values()])
+        if shares:
+            mean = np.mean(shares, axis=0)
+            lines.append(f"| {arm} | {' | '.join(f'{v:.0%}' for v in mean)} |")
+    return "\n".join(lines)
+
+
 def arm_model(arm: str, seed: int, args: argparse.Namespace) -> torch.nn.Module | None:
     """The trained model of (arm, seed), or None when it was not kept."""
     if arm == "authors":
@@ -421,7 +471,7 @@ def main() -> None:
         for seed in args.seeds:
             path = args.work / "results" / f"{arm}-s{seed}.json"
             budget = {"n": args.n, "steps": args.steps, "batch_size": args.batch_size,
-                      "size": args.size}
+                      "size": args.size, "nsa_pipeline": __version__}
             if path.exists() and not args.redo:
                 kept = json.loads(path.read_text())
                 if kept["budget"] == budget:
@@ -438,7 +488,8 @@ def main() -> None:
             path.write_text(json.dumps(record, indent=1) + "\n")
             results[arm][seed] = record["image_auroc"]
             print(f"  image AUROC {record['image_auroc']:.4f}", flush=True)
-    text = table(results, args.baselines) + "\n\n" + fill_figures(results, args)
+    text = "\n\n".join((table(results, args.baselines), fill_figures(results, args),
+                         shift_figures(results, args)))
     (args.work / "fidelity.md").write_text(text + "\n")
     print(text)
 

@@ -34,6 +34,7 @@ system when ``--address`` names a multi-machine cluster), or be an ``s3://`` URL
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections import deque
@@ -45,7 +46,12 @@ import numpy as np
 from nsa.generate import shards
 from nsa.generate.anomaly_rate import check_anomaly_rate
 from nsa.generate.images import read_images, with_white_level
-from nsa.generate.presets import preset_names, resolve_settings, upgrade_settings
+from nsa.generate.presets import (
+    IMPLIED_SETTINGS,
+    preset_names,
+    resolve_settings,
+    upgrade_settings,
+)
 from nsa.generate.sources import Source
 from nsa.generate.synthesis import SKIP_REASONS, SourceSet, make_example, prepare_sources
 
@@ -194,12 +200,30 @@ def _check_out(out: Location, resume: bool, overwrite: bool) -> None:
         raise UserError(f"{out}: --overwrite replaces only NSA stores, and this is not one")
 
 
+def _settings_difference(before: Any, now: dict[str, Any]) -> str:
+    """The settings that differ between a store's record and this run's, each with both
+    values and the ``--set`` that would make this run the store's (a setting a record
+    leaves out has its implied value)."""
+    if not isinstance(before, dict):
+        return f"settings ({before!r} there)"
+    there = {**IMPLIED_SETTINGS, **upgrade_settings(before)}
+    here = {**IMPLIED_SETTINGS, **now}
+    names = [name for name in sorted(set(there) | set(here)) if there.get(name) != here.get(name)]
+    values = "; ".join(f"{name} ({there.get(name)!r} there, {here.get(name)!r} now)"
+                       for name in names)
+    sets = " ".join(f"--set {name}={json.dumps(there[name])}" for name in names
+                    if name in there and name not in ("preset", "settings_version"))
+    return f"settings: {values}" + (f" (to finish it as it was made: {sets})" if sets else "")
+
+
 def _resume_mismatch(attrs: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     """The first attribute that differs between an existing store and this run."""
     for key in IDENTITY_KEYS:
         # settings recorded by an older version are compared as this version records them
         before = upgrade_settings(attrs.get(key)) if key == "settings" else attrs.get(key)
         if before != wanted[key]:
+            if key == "settings":
+                return _settings_difference(attrs.get(key), wanted[key])
             return f"{key} ({attrs.get(key)!r} there, {wanted[key]!r} now)"
     old, new = attrs.get("source", {}), wanted["source"]
     if old.get("kind") != new["kind"]:
@@ -298,7 +322,7 @@ def _open_or_create(out: Location, wanted: dict[str, Any], resume: bool) -> shar
         store = shards.open_store(out, allow_incomplete=True, mode="r+")
         mismatch = _resume_mismatch(store.attrs, wanted)
         if mismatch:
-            raise UserError(f"{out}: cannot resume, the store was made with another {mismatch}")
+            raise UserError(f"{out}: cannot resume, the store was made with different {mismatch}")
         return store
     if isinstance(out, S3Location):  # --overwrite (checked by _check_out), or leftovers
         out.remove()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import cv2
+import numpy as np
 import pytest
 from bench_scripts import bench_script
 from nsa.generate.presets import resolve_settings
@@ -54,3 +55,18 @@ def test_release_arguments_are_the_elpv_presets_figures():
     assert arguments["gamma_params"] == (2.0, 0.05, 0.03)
     assert (arguments["num_patches"], arguments["skip_background"]) == (3, None)
     assert arguments["label_mode"] == "logistic-intensity"
+
+
+def test_shifted_boxes_move_one_box_per_cell_by_the_shift_and_clip():
+    cells = np.full((3, 32, 32, 1), 254, np.uint8)
+    cells[1] = 0
+    fidelity = bench_script("fidelity")
+    up, down = fidelity.shifted_boxes(cells, 2), fidelity.shifted_boxes(cells, -2)
+    changed = up != cells
+    assert [int(c.any()) for c in (down != cells)] == [1, 0, 1]  # cell 1 clips at 0
+    assert set(np.unique(up[changed])) <= {255, 2}  # 254 + 2 clips at 255
+    assert np.array_equal(changed[[0, 2]], (down != cells)[[0, 2]])  # the same boxes
+    for cell in changed[:, :, :, 0]:
+        rows, cols = np.nonzero(cell)
+        assert cell[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # one box
+        assert 6 <= rows.max() + 1 - rows.min() <= 14

@@ -208,4 +208,6 @@ def test_a_version_1_store_is_read_and_resumed_as_the_same_settings():
     attrs = {**wanted, "settings": old}
     assert _resume_mismatch(attrs, wanted) is None
     changed = {**old, "num_patches": 2}
-    assert _resume_mismatch({**attrs, "settings": changed}, wanted).startswith("settings (")
+    assert _resume_mismatch({**attrs, "settings": changed}, wanted) == (
+        "settings: num_patches (2 there, 3 now) (to finish it as it was made: "
+        "--set num_patches=2)")

@@ -225,8 +225,14 @@ def test_records_leave_out_settings_at_the_value_older_stores_were_made_with():
     wanted = {"preset": "bottle", "settings": restored, "seed": 0, "n": 8,
               "chunk_size": 4, "height": 64, "width": 64, "channels": 3,
               "source": {"kind": "mvtec", "files": []}}
-    # a store made before these settings is not taken for one made with the release's
-    assert _resume_mismatch({**wanted, "settings": settings}, wanted).startswith("settings (")
+    # a store made before these settings is not taken for one made with the release's,
+    # and the refusal names each setting and the --set that resumes the store as made
+    assert _resume_mismatch({**wanted, "settings": settings}, wanted) == (
+        "settings: label_region ('union' there, 'overwrite' now); pairing ('random' there, "
+        "'previous' now); patch_placement ('box' there, 'seamless-clone' now); rounding "
+        "('nearest' there, 'truncate' now) (to finish it as it was made: "
+        '--set label_region="union" --set pairing="random" --set patch_placement="box" '
+        '--set rounding="nearest")')
 
 
 @pytest.mark.parametrize("name, value, allowed", [
