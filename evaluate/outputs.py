@@ -34,11 +34,13 @@ _KNOWN = {name for names in OUTPUTS.values() for name in names}
 
 
 def check_out(out: Path) -> None:
-    """Refuse (UserError) an ``--out`` that is a file, or a non-empty folder that is not
-    an nsa-eval output; touches nothing."""
+    """Refuse (UserError) an ``--out`` that is a file, a non-empty folder that is not an
+    nsa-eval output, or one whose ``nsa-eval.json`` is unreadable; touches nothing."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and not (out / MARK_FILE).is_file():
+    if (out / MARK_FILE).is_file():
+        _listed(out / MARK_FILE)  # readable before any work
+    elif out.is_dir():
         first = min((entry.name for entry in out.iterdir()), default=None)
         if first is not None:
             raise UserError(f"--out {out}: a folder that is not an nsa-eval output (it holds "
@@ -68,8 +70,11 @@ def _listed(mark: Path) -> list[str]:
     try:
         names = json.loads(mark.read_text())["outputs"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{mark}: unreadable ({exc}); remove it to write into "
+        raise UserError(f"{mark}: unreadable ({exc!r}); remove it to write into "
                         f"{mark.parent}") from None
+    if not isinstance(names, list):
+        raise UserError(f"{mark}: 'outputs' is not a list of names; remove it to write into "
+                        f"{mark.parent}")
     return [name for name in names if isinstance(name, str) and name in _KNOWN]
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from nsa.evaluate.outputs import MARK_FILE, replace_output
+from nsa.evaluate.outputs import MARK_FILE, check_out, replace_output
 from nsa.evaluate.predict import predict
 from nsa.evaluate.run import evaluate
 from nsa.evaluate.testsets import mvtec_testset
@@ -88,3 +88,12 @@ def test_only_names_nsa_eval_writes_are_removed_whatever_the_mark_lists(
         "metrics.md", "notes.txt", MARK_FILE]  # metrics.md was not listed: not removed
     assert (tmp_path / "outside").read_text() == "mine"
     assert json.loads((out / MARK_FILE).read_text())["outputs"][0] == "metrics.json"
+
+
+@pytest.mark.parametrize("mark", ['{"outputs": 3}', "{", '{"written_by": "nsa-eval"}'])
+def test_an_unreadable_mark_is_one_error_naming_it_before_any_work(
+    tmp_path: Path, mark: str
+) -> None:
+    (tmp_path / MARK_FILE).write_text(mark)
+    with pytest.raises(UserError, match=f"{MARK_FILE}: .*remove it"):
+        check_out(tmp_path)
