@@ -5,11 +5,12 @@ objects zero outside their centre crop, exactly what the metrics would see under
 ``nsa`` protocol), ``maps/<stem>.png`` (image | heat-map overlay), and one row of
 ``scores.csv`` with both image scores (``score_mean``: the NSA protocol's, ``score_max``:
 the MVTec protocol's). ``predict.json`` records the run, geometry, thresholds and
-versions; it is written last and atomically (a previous one is removed first), so a folder
-holding it is a finished prediction. Images are found and scaled by
-:mod:`nsa.generate.images`' rules, with the run's white level. Empty image files, a file as
-``--out`` and a model with non-finite weights or maps are refused with one line naming them
-before anything is written.
+versions; it is written last and atomically, so a folder holding it is a finished
+prediction. Images are found and scaled by :mod:`nsa.generate.images`' rules, with the
+run's white level. Empty image files, a file or a non-empty folder that is not an nsa-eval
+output as ``--out`` and a model with non-finite weights or maps are refused with one line
+naming them before anything is written; an earlier nsa-eval output in ``--out`` is then
+removed, and only it (:mod:`nsa.evaluate.outputs`).
 
 Decisions (:mod:`nsa.evaluate.decisions`): with the run's calibration (``nsa-eval
 calibrate``) or ``--threshold``, ``scores.csv`` also gives ``normalized_score``,
@@ -36,9 +37,10 @@ from nsa.evaluate.decisions import (
     say_uncalibrated,
 )
 from nsa.evaluate.inference import check_finite_maps, image_score
+from nsa.evaluate.outputs import check_out, replace_output
 from nsa.evaluate.pictures import overlay_panel, write_picture
 from nsa.evaluate.report import REPORT_FILE, ReportRow, thumbnail, write_report
-from nsa.evaluate.run import check_out, warn
+from nsa.evaluate.run import warn
 from nsa.evaluate.tables import write_text_atomic
 from nsa.evaluate.testsets import TestImage, TestSet, check_files
 from nsa.generate.images import depth_mismatch, image_files, read_image, resize_square
@@ -77,9 +79,9 @@ def predict(
     run = load_backend(model, device)
     geometry, channels = run.geometry, run.channels
     limits = thresholds(run.calibration, threshold, pixel_threshold)
-    with writing(out):
-        (out / "maps").mkdir(parents=True, exist_ok=True)
-        (out / "predict.json").unlink(missing_ok=True)  # a failed run must not look finished
+    replace_output(out, "predict")  # an earlier output's files go, predict.json first
+    with writing(out / "maps"):
+        (out / "maps").mkdir()
     if limits.decides:
         say_thresholds(limits)
     else:

@@ -8,10 +8,11 @@ calibration, decisions at its threshold too (:mod:`nsa.evaluate.eval_decisions`)
 keyword names are the CLI's option names.
 
 Everything that can be checked is checked before ``out`` is touched (options, ``out`` not
-a file, no empty image or mask file, a model with finite weights). ``metrics.json`` is
-written last and atomically, and a previous one in ``out`` is removed first, so a folder
-with ``metrics.json`` holds a finished evaluation. Defect images whose mask is all zero
-stay in the pixel metrics (their pixels are all good pixels), are counted per set
+a file nor a non-empty folder that is not an nsa-eval output, no empty image or mask file,
+a model with finite weights). An earlier nsa-eval output in ``out`` is then removed, and
+only it (:mod:`nsa.evaluate.outputs`). ``metrics.json`` is written last and atomically,
+so a folder with ``metrics.json`` holds a finished evaluation. Defect images whose mask
+is all zero stay in the pixel metrics (their pixels are all good pixels), are counted per set
 (``defect_images_with_empty_mask``) and reported by one ``warning:`` line on stderr; such
 lines (also: test images deeper than 8 bits for a model trained on 8-bit ones) are kept
 in metrics.json's ``warnings``.
@@ -47,6 +48,7 @@ from nsa.evaluate.inference import (
     resize_mask,
 )
 from nsa.evaluate.metrics import aupro, auroc, average_precision, pro_points, roc_points
+from nsa.evaluate.outputs import check_out, replace_output
 from nsa.evaluate.pictures import (
     Curves,
     overlay_panel,
@@ -59,7 +61,7 @@ from nsa.evaluate.tables import mean_row, paper_figures, write_tables
 from nsa.evaluate.testsets import TestSet, check_files, read_test_image
 from nsa.generate.images import depth_mismatch, resize_square
 
-from nsa.errors import UserError, writing
+from nsa.errors import UserError
 from nsa.progress import progress_bar
 from nsa.versions import package_versions
 
@@ -204,12 +206,6 @@ def empty_mask_warning(testset: TestSet, scored: ScoredSet) -> str | None:
             "defect_images_with_empty_mask)")
 
 
-def check_out(out: Path) -> None:
-    """Refuse an ``--out`` that exists and is not a folder."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
-
-
 def set_curves(testset: TestSet, scored: ScoredSet) -> Curves:
     empty = (np.zeros(0), np.zeros(0))
     with_masks = scored.maps is not None
@@ -251,9 +247,7 @@ def evaluate(
     net, config, geometry, channels, torch_device = (
         run.net, run.config, run.geometry, run.channels, run.device)
     limits = evaluation_thresholds(model)
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").unlink(missing_ok=True)  # a failed run must not look finished
+    replace_output(out, "evaluate")  # an earlier output's files go, metrics.json first
 
     rows, curves, warnings, report = {}, [], [], []
     for testset in testsets:  # the first image of each set stands for its bit depth

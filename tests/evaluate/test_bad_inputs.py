@@ -17,6 +17,7 @@ import pytest
 import torch
 from nsa.evaluate.cli import app
 from nsa.evaluate.inference import check_finite_maps
+from nsa.evaluate.outputs import MARK_FILE
 from typer.testing import CliRunner
 
 from nsa.errors import UserError
@@ -91,6 +92,7 @@ def test_a_corrupt_image_is_named_and_leaves_no_metrics(
     (root / "widget" / "test" / "dent" / "001.png").write_bytes(b"not a png at all" * 20)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "metrics.json").write_text("{}")  # an earlier evaluation's
+    (tmp_path / "out" / MARK_FILE).write_text('{"outputs": ["metrics.json"]}')
     result = _eval(root, trained_run, tmp_path / "out")
     _one_error_line(result, 2, "dent/001.png", "not a readable image")
     assert not (tmp_path / "out" / "metrics.json").exists()
@@ -116,6 +118,21 @@ def test_out_naming_a_file_is_one_line(
     _one_error_line(_predict(tmp_path / "new", trained_run, tmp_path / "file"), 2,
                     "--out", "not a folder")
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_folder_that_is_not_an_nsa_eval_output_is_refused_and_untouched(
+    trained_run: Path, make_mvtec, sample_image, write_png, tmp_path: Path
+) -> None:
+    root = make_mvtec(tmp_path / "data")
+    write_png(tmp_path / "new" / "a.png", sample_image(0)[0])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    _one_error_line(_eval(root, trained_run, tmp_path / "mine"), 2, "--out",
+                    str(tmp_path / "mine"), "not an nsa-eval output", "notes.txt")
+    _one_error_line(_predict(tmp_path / "new", trained_run, tmp_path / "mine"), 2, "--out",
+                    "not an nsa-eval output", "choose another --out")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
 def test_a_diverged_model_is_refused_with_masks_without_masks_and_in_predict(
