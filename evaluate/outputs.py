@@ -6,8 +6,10 @@ Before anything else, an evaluation or a prediction writes ``nsa-eval.json`` int
 that file is therefore an nsa-eval output, finished or interrupted, and the next
 ``nsa-eval`` into it first removes exactly those names (``maps/`` as a whole) and nothing
 else, so new pictures never sit beside earlier ones and a user's own files beside them
-stay. Only names nsa-eval writes are ever removed, whatever the file lists. A non-empty
-folder without it is refused: nsa-eval does not write among files it did not write.
+stay. Only names nsa-eval writes are ever removed, whatever the file lists. A finished
+output of a version before that file (its ``metrics.json`` or ``predict.json`` records
+nsa-pipeline's version) counts as one too. Any other non-empty folder is refused:
+nsa-eval does not write among files it did not write.
 """
 
 from __future__ import annotations
@@ -38,13 +40,29 @@ def check_out(out: Path) -> None:
     nsa-eval output, or one whose ``nsa-eval.json`` is unreadable; touches nothing."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
-    if (out / MARK_FILE).is_file():
-        _listed(out / MARK_FILE)  # readable before any work
-    elif out.is_dir():
+    if out.is_dir() and _earlier(out) is None:  # also: an unreadable mark, before any work
         first = min((entry.name for entry in out.iterdir()), default=None)
         if first is not None:
             raise UserError(f"--out {out}: a folder that is not an nsa-eval output (it holds "
                             f"{first}): choose another --out or empty it")
+
+
+def _earlier(out: Path) -> list[str] | None:
+    """The names of the earlier nsa-eval output in ``out``: those its ``nsa-eval.json``
+    lists, or, for a finished output of a version before that file (a ``metrics.json`` or
+    ``predict.json`` recording nsa-pipeline's version), what that command writes. None
+    when ``out`` holds no nsa-eval output."""
+    mark = out / MARK_FILE
+    if mark.is_file():
+        return _listed(mark)
+    for names in OUTPUTS.values():
+        try:
+            record = json.loads((out / names[0]).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and "nsa-pipeline" in (record.get("versions") or {}):
+            return list(names)
+    return None
 
 
 def replace_output(out: Path, command: str) -> None:
@@ -58,7 +76,7 @@ def replace_output(out: Path, command: str) -> None:
     mark = out / MARK_FILE
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        earlier = _listed(mark) if mark.exists() else []
+        earlier = _earlier(out) or []
         _write_mark(mark, command, list(dict.fromkeys([*earlier, *OUTPUTS[command]])))
         for name in earlier:
             _remove(out / name)

@@ -35,6 +35,24 @@ def test_re_evaluating_with_fewer_pictures_leaves_exactly_the_new_ones_and_the_u
     assert _files(out) - {"notes.txt"} == _files(tmp_path / "fresh")
 
 
+def test_a_finished_output_of_a_version_without_the_mark_is_replaced_too(
+    trained_run: Path, make_mvtec, tmp_path: Path
+) -> None:
+    root = make_mvtec(tmp_path / "data")
+    widget = [mvtec_testset(root, "widget")]
+    out = tmp_path / "out"
+    evaluate(widget, trained_run, out, max_pictures=6, progress=False)
+    (out / MARK_FILE).unlink()  # as written before the mark existed
+    (out / "notes.txt").write_text("mine")
+    evaluate(widget, trained_run, out, max_pictures=2, progress=False)
+    assert len(_files(out / "maps")) == 2 and (out / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.json").write_text(json.dumps({"versions": {"numpy": "2"}}))
+    with pytest.raises(UserError, match="not an nsa-eval output"):
+        check_out(other)  # a metrics.json that nsa-pipeline did not write
+
+
 def test_an_interrupted_evaluations_pictures_are_removed_by_the_next_one(
     trained_run: Path, make_mvtec, tmp_path: Path
 ) -> None:
