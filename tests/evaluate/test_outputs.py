@@ -18,14 +18,19 @@ def _files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_re_evaluating_with_fewer_pictures_leaves_exactly_the_new_ones_and_the_users_file(
-    trained_run: Path, make_mvtec, tmp_path: Path
-) -> None:
-    root = make_mvtec(tmp_path / "data")
-    widget = [mvtec_testset(root, "widget")]
+def _evaluated_with_six_pictures(trained_run: Path, make_mvtec, tmp_path: Path):
+    """The widget test set and an evaluation of it with 6 pictures in tmp_path/out."""
+    widget = [mvtec_testset(make_mvtec(tmp_path / "data"), "widget")]
     out = tmp_path / "out"
     evaluate(widget, trained_run, out, max_pictures=6, progress=False)
     assert len(_files(out / "maps")) == 6
+    return widget, out
+
+
+def test_re_evaluating_with_fewer_pictures_leaves_exactly_the_new_ones_and_the_users_file(
+    trained_run: Path, make_mvtec, tmp_path: Path
+) -> None:
+    widget, out = _evaluated_with_six_pictures(trained_run, make_mvtec, tmp_path)
     (out / "notes.txt").write_text("mine")
     evaluate(widget, trained_run, out, max_pictures=2, progress=False)
     evaluate(widget, trained_run, tmp_path / "fresh", max_pictures=2, progress=False)
@@ -38,10 +43,7 @@ def test_re_evaluating_with_fewer_pictures_leaves_exactly_the_new_ones_and_the_u
 def test_a_finished_output_of_a_version_without_the_mark_is_replaced_too(
     trained_run: Path, make_mvtec, tmp_path: Path
 ) -> None:
-    root = make_mvtec(tmp_path / "data")
-    widget = [mvtec_testset(root, "widget")]
-    out = tmp_path / "out"
-    evaluate(widget, trained_run, out, max_pictures=6, progress=False)
+    widget, out = _evaluated_with_six_pictures(trained_run, make_mvtec, tmp_path)
     (out / MARK_FILE).unlink()  # as written before the mark existed
     (out / "notes.txt").write_text("mine")
     evaluate(widget, trained_run, out, max_pictures=2, progress=False)
