@@ -285,12 +285,11 @@ def s3_failures(location: Location, then: str = "") -> Iterator[None]:
     command with a traceback)."""
     try:
         yield
-    except Exception as exc:  # re-raised unless it is botocore's lost connection
+    except connection_errors() as exc:  # botocore, a core dependency (through s3fs)
         lost = endpoint_lost(exc, location, then)
-        if lost is None:
+        if lost is None:  # a local store: not ours to reword
             raise
         raise lost from None
-
 
 
 def _error_code(exc: BaseException) -> str | None:
