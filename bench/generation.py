@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 from nsa.generate import shards
@@ -50,7 +50,7 @@ from nsa.generate.generation import run_shards
 from nsa.generate.images import load_images
 from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import elpv_source
-from nsa.generate.synthesis import make_example, prepare_sources
+from nsa.generate.synthesis import SourceSet, make_example, prepare_sources
 
 from nsa.ray_session import ray_session
 
@@ -59,21 +59,32 @@ from nsa.ray_session import ray_session
 REPEATS = 3
 
 
-def engine_rate(cell_type: str, size: int, n: int) -> tuple[float, float]:
-    """Examples/s of ``make_example`` in one process on one thread, as in a task, and its
-    CPU milliseconds per example (both the best of ``REPEATS`` runs)."""
+def _engine(cell_type: str, size: int) -> tuple[SourceSet, dict[str, Any]]:
+    """The engine as a task runs it (one OpenCV thread): the ELPV ``cell_type`` sources at
+    ``size`` px and the ``elpv`` settings, warmed up by one example."""
     cv2.setNumThreads(1)
     settings = resolve_settings("elpv", {"size": size})
     sources = prepare_sources(load_images(elpv_source(cell_type).files, size), settings)
     make_example(sources, settings, 0, 0)
-    rates, cpu = [], []
-    for _ in range(REPEATS):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        for index in range(n):
-            make_example(sources, settings, 0, index)
-        rates.append(n / (time.perf_counter() - start))
-        cpu.append(1e3 * (time.process_time() - start_cpu) / n)
-    return max(rates), min(cpu)
+    return sources, settings
+
+
+def _timed_loop(sources: SourceSet, settings: dict[str, Any], first: int,
+                n: int) -> tuple[float, float, float]:
+    """(start, end, CPU seconds) of making examples ``first .. first + n - 1``."""
+    began, began_cpu = time.perf_counter(), time.process_time()
+    for index in range(first, first + n):
+        make_example(sources, settings, 0, index)
+    return began, time.perf_counter(), time.process_time() - began_cpu
+
+
+def engine_rate(cell_type: str, size: int, n: int) -> tuple[float, float]:
+    """Examples/s of ``make_example`` in one process on one thread, as in a task, and its
+    CPU milliseconds per example (both the best of ``REPEATS`` runs)."""
+    sources, settings = _engine(cell_type, size)
+    spans = [_timed_loop(sources, settings, 0, n) for _ in range(REPEATS)]
+    return (max(n / (end - began) for began, end, _ in spans),
+            min(1e3 * seconds / n for _, _, seconds in spans))
 
 
 def _engine_loop(cell_type: str, size: int, n: int, first: int,
@@ -81,15 +92,9 @@ def _engine_loop(cell_type: str, size: int, n: int, first: int,
                  results: multiprocessing.Queue) -> None:
     """One process of :func:`parallel_engine_rate`: examples ``first .. first + n - 1``,
     started together with the others; puts (start, end, CPU seconds) on ``results``."""
-    cv2.setNumThreads(1)
-    settings = resolve_settings("elpv", {"size": size})
-    sources = prepare_sources(load_images(elpv_source(cell_type).files, size), settings)
-    make_example(sources, settings, 0, first)
+    sources, settings = _engine(cell_type, size)
     start.wait()
-    began, began_cpu = time.perf_counter(), time.process_time()
-    for index in range(first, first + n):
-        make_example(sources, settings, 0, index)
-    results.put((began, time.perf_counter(), time.process_time() - began_cpu))
+    results.put(_timed_loop(sources, settings, first, n))
 
 
 def parallel_engine_rate(cell_type: str, size: int, n: int,
