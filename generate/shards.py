@@ -66,7 +66,9 @@ import numpy as np
 import zarr
 import zarr.core.sync
 from nsa.generate.presets import MAX_PATCHES, SettingsError, check_recorded_settings
+from nsa.generate.shard_files import ShardEncoder, shard_encoder
 from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.core.buffer import default_buffer_prototype
 
 from nsa.errors import CheckFailed, UserError, writing
 from nsa.locations import LocalLocation, Location, S3Location, parse_location, s3_writer_lock
@@ -383,6 +385,7 @@ class Store:
         self._checksums = checksums if self._read_only else None
         self._arrays = {name: _writing_empty_chunks(array)
                         for name, array in (arrays or {}).items()}
+        self._encoders: dict[str, ShardEncoder | None] = {}
 
     @property
     def complete(self) -> bool:
@@ -510,8 +513,11 @@ class Store:
         """Write shard ``shard`` of every array, then its chunks' checksums (the 'done'
         marker), each a whole shard file; ``data`` holds exactly the shard's examples.
 
-        Only the task that owns shard ``shard`` may call this: zarr does not survive two
-        writers on one shard. Raises ValueError when ``data`` is not the shard's size.
+        The arrays' shard files are encoded by :mod:`~nsa.generate.shard_files` (zarr for
+        a last, partial shard) and written at once (on S3, their PUTs are in flight
+        together). Only the task that owns shard ``shard`` may call this: zarr does not
+        survive two writers on one shard. Raises ValueError when ``data`` is not the
+        shard's size.
         """
         rows = self.shard_slice(shard)
         if len(data) != rows.stop - rows.start:
@@ -521,10 +527,28 @@ class Store:
         sums = np.stack([data.rows(self.chunk_slice(c).start - rows.start,
                                    self.chunk_slice(c).stop - rows.start).checksum()
                          for c in chunks])
+
+        async def together() -> None:
+            await asyncio.gather(*(self._write_rows(name, shard, rows, getattr(data, name))
+                                   for name in EXAMPLE_ARRAYS))
+
         with writing(self.path):
-            for name in EXAMPLE_ARRAYS:
-                self.array(name)[rows] = getattr(data, name)
+            zarr.core.sync.sync(together())
             self.array("checksums")[chunks.start:chunks.stop] = sums
+
+    async def _write_rows(self, name: str, shard: int, rows: slice, values: np.ndarray
+                          ) -> None:
+        """Write ``values`` as the examples ``rows`` (shard ``shard``) of array ``name``."""
+        array = self.array(name)
+        if name not in self._encoders:
+            self._encoders[name] = shard_encoder(array)
+        encoder = self._encoders[name]
+        if encoder is None or rows.stop - rows.start != encoder.shard_shape[0]:
+            await array.async_array.setitem(rows, values)
+            return
+        blob = await asyncio.to_thread(encoder.encode, values)
+        key = array.metadata.encode_chunk_key((shard,) + (0,) * (values.ndim - 1))
+        await (array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(blob))
 
     def write_chunk(self, index: int, data: ChunkData) -> None:
         """Rewrite chunk ``index`` of every array in place (zarr reads, changes and writes
