@@ -51,6 +51,27 @@ def test_label_to_mask_round_trip_is_within_half_a_grey_level():
     assert np.abs(back - label).max() <= 0.5 / 255 + 1e-7
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_label_to_mask_rounds_255_times_the_clipped_label_halves_to_even(dtype):
+    """The stored mask is round(255 * clip(label, 0, 1)), halves to even, for every value:
+    around each k + 1/2 (a few ulps either side), random values, and outside [0, 1]."""
+    halves = (np.arange(255, dtype=dtype) + dtype(0.5)) / dtype(255)
+    near, below, above = [halves], halves, halves
+    for _ in range(3):
+        below, above = np.nextafter(below, dtype(0)), np.nextafter(above, dtype(1))
+        near += [below, above]
+    values = np.concatenate([*near, np.random.default_rng(0).random(4096).astype(dtype),
+                             np.array([-1e30, -0.5, -0.0, 0, 1, 1.5, 1e30, np.inf, -np.inf],
+                                      dtype)])
+    label = np.resize(values, (64, len(values) // 64 + 1)).astype(dtype)
+    expected = np.rint(np.clip(label.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    exact = np.rint(np.clip(label, 0, 1) * dtype(255)).astype(np.uint8)  # in the dtype
+    mask = shards.label_to_mask(label)
+    assert mask.shape == (*label.shape, 1) and mask.dtype == np.uint8
+    assert np.array_equal(mask[..., 0], exact)
+    assert np.abs(mask[..., 0].astype(int) - expected).max() <= 1
+
+
 def test_written_chunk_reads_back_identically_including_the_short_last_chunk(tmp_path):
     store = _store(tmp_path)
     last = store.read_chunk(2)
