@@ -19,8 +19,12 @@ machine; every rate is the best of 3 runs:
    monitor, driver). Other processes' load distorts these far less than rates. "engine CPU
    / generation CPU" is the share of the CPU spent that makes examples: with every core
    busy, 2 workers reach about that share of twice the engine rate, and no more;
-4. bytes per example on disk with the store's compressor;
-5. peak memory of the real command ``nsa-gen elpv --type mono --n N`` (driver plus every
+4. the same without Ray or a second process (``store_path_cpu``): CPU per example of the
+   engine, of making one whole shard's arrays (``shard_data``) and of writing it
+   (``Store.write_shard``), over the same examples: the share of a task's CPU that is the
+   store path, free of the machine's parallel ceiling and of Ray;
+5. bytes per example on disk with the store's compressor;
+6. peak memory of the real command ``nsa-gen elpv --type mono --n N`` (driver plus every
    process it starts, i.e. its session: Ray's services and workers), at two values of N,
    as summed RSS and summed PSS (PSS shares each shared page, such as the object store
    holding the source images, among the processes that map it). A worker's RSS grows
@@ -46,7 +50,7 @@ from typing import Any, NamedTuple
 
 import cv2
 from nsa.generate import shards
-from nsa.generate.generation import run_shards
+from nsa.generate.generation import run_shards, shard_data
 from nsa.generate.images import load_images
 from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import elpv_source
@@ -126,6 +130,43 @@ def parallel_engine_rate(cell_type: str, size: int, n: int,
         rates.append(processes * n / wall)
         cpu.append(1e3 * sum(seconds for _, _, seconds in spans) / (processes * n))
     return max(rates), min(cpu)
+
+
+class StorePathFigures(NamedTuple):
+    """CPU ms per example in one process without Ray (best of ``REPEATS``): the engine
+    alone, making a whole shard's arrays (``shard_data``: the engine plus copying and
+    quantising into them), and writing them (``Store.write_shard``: checksums,
+    compression, files)."""
+
+    engine_ms: float
+    fill_ms: float
+    write_ms: float
+
+
+def store_path_cpu(cell_type: str, size: int, shard_chunks: int,
+                   work: Path) -> StorePathFigures:
+    """What a task spends per example besides the engine, measured without Ray or a
+    second process: the engine loop, ``shard_data`` and ``write_shard`` over the same
+    examples (one shard of ``shard_chunks`` chunks), alternating, so that the machine's
+    parallel ceiling and Ray play no part."""
+    sources, settings = _engine(cell_type, size)
+    rows = shard_chunks * shards.DEFAULT_CHUNK_SIZE
+    height, width, channels = sources.shape
+    engine, fill, write = [], [], []
+    for repeat in range(REPEATS):
+        engine.append(_timed_loop(sources, settings, 0, rows)[2])
+        began = time.process_time()
+        data = shard_data(sources, settings, 0, range(rows))
+        fill.append(time.process_time() - began)
+        path = work / f"path{repeat}.zarr"
+        shards.create_store(path, n=rows, height=height, width=width, channels=channels,
+                            chunk_size=shards.DEFAULT_CHUNK_SIZE, attrs={},
+                            shard_chunks=shard_chunks)
+        store = shards.open_store(path, allow_incomplete=True, mode="r+")
+        began = time.process_time()
+        store.write_shard(0, data)  # compression runs in zarr's threads: process time
+        write.append(time.process_time() - began)
+    return StorePathFigures(*(1e3 * min(seconds) / rows for seconds in (engine, fill, write)))
 
 
 class GenerationFigures(NamedTuple):
@@ -282,6 +323,7 @@ def main() -> None:
         engine, engine_cpu = engine_rate(args.cell_type, args.size, args.engine_n)
         parallel, parallel_cpu = parallel_engine_rate(args.cell_type, args.size,
                                                       args.engine_n, 2)
+        path = store_path_cpu(args.cell_type, args.size, shard_chunks, work)
         one_run = generation_rate(args.cell_type, args.size, args.n, 1, work, shard_chunks)
         two_run = generation_rate(args.cell_type, args.size, args.n, 2, work, shard_chunks)
         one, two = one_run.rate, two_run.rate
@@ -306,6 +348,10 @@ def main() -> None:
     print(f"2 workers vs 2 engine processes:       {two / parallel:8.0%}")
     print(f"CPU per example, engine:               {engine_cpu:8.3f} ms "
           f"(2 processes at once: {parallel_cpu:.3f} ms)")
+    stored = path.fill_ms + path.write_ms
+    print(f"CPU per example, 1 process, no Ray:   engine {path.engine_ms:.3f} ms, filling a "
+          f"shard's arrays +{path.fill_ms - path.engine_ms:.3f} ms, checksums and writing "
+          f"+{path.write_ms:.3f} ms: engine / all {path.engine_ms / stored:.0%}")
     for count, run in ((1, one_run), (2, two_run)):
         total = run.worker_cpu_ms + run.other_cpu_ms
         print(f"CPU per example, {count} worker{'s' * (count > 1)}:{' ' * (count == 1)}          "
