@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from nsa.pipelines.config import load_config
 from nsa.pipelines.demo import demo_table, run_demo
+from nsa.pipelines.remote_out import send_files
 from nsa.pipelines.runner import run_pipeline
 from nsa.pipelines.summary import summarise, write_summary
 
@@ -34,7 +35,8 @@ def main(
 def run(
     config: Path = typer.Argument(..., help="Pipeline config (TOML), e.g. "
                                   "pipelines/configs/mvtec-paper.toml."),
-    out: Path = typer.Option(None, help="Output root (default: the config's `out`)."),
+    out: str = typer.Option(None, help="Output root, a folder or an s3://BUCKET/PREFIX URL "
+                            "(default: the config's `out`)."),
     address: str = typer.Option(None, help="Join this Ray cluster (host:port or auto): "
                                 "generation spreads over its CPUs, training takes a GPU."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -49,11 +51,14 @@ def run(
         rows = summarise(outcomes)
         md, csv_path = write_summary(rows, parsed.out)
         print(md.read_text())
+        tables = [str(md), str(csv_path)]
+        if parsed.out_url is not None:
+            tables = send_files(parsed.out_url, parsed.out, [md.name, csv_path.name])
         for outcome in outcomes:
             ran = ", ".join(outcome.ran) or "nothing (all done before)"
             status = f"FAILED: {outcome.error}" if outcome.error else f"ran {ran}"
             print(f"{outcome.name}: {status}")
-        print(f"tables: {md} and {csv_path}")
+        print(f"tables: {' and '.join(tables)}")
         if any(outcome.error for outcome in outcomes):
             raise typer.Exit(1)
 

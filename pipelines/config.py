@@ -2,7 +2,7 @@
 
 A config reads top to bottom like the job it describes::
 
-    out = "runs/elpv-demo"          # output root (``--out`` overrides)
+    out = "runs/elpv-demo"          # output root, a folder or s3:// URL (``--out`` overrides)
     seeds = [0, 1]
 
     [source]                        # where the normal training images come from
@@ -54,12 +54,13 @@ from nsa.generate.generation import source_settings
 from nsa.generate.presets import PRESETS, paper_budget
 from nsa.generate.shards import DEFAULT_CHUNK_SIZE
 from nsa.generate.sources import Source
+from nsa.pipelines.remote_out import staging_root
 from nsa.train.model import FinalLayer
 from nsa.train.trainer import TrainConfig, check_config
 from pydantic import AliasChoices, BaseModel, Field, PlainValidator, ValidationError
 
 from nsa.errors import UserError, os_error
-from nsa.locations import parse_location
+from nsa.locations import is_url, parse_location
 
 SOURCE_KINDS = tuple(DATASETS)
 DEVICES = ("auto", "cpu", "cuda")
@@ -190,6 +191,9 @@ class PipelineConfig:
     train: TrainOptions
     evaluate: EvaluateOptions
     settings: dict[str, dict[str, Any]]
+    #: The output root when it is an s3:// URL; ``out`` is then this machine's staging
+    #: folder for it (see :mod:`nsa.pipelines.remote_out`).
+    out_url: str | None = None
 
     @property
     def categories(self) -> list[str]:
@@ -206,6 +210,8 @@ class PipelineConfig:
 
     def _store(self, category: str, seed: int) -> Path | str:
         stores = self.generate.stores
+        if stores is None and self.out_url is not None:
+            return f"{self.out_url}/{category}/seed{seed}/shards.zarr"
         if stores is None:
             return self.out / category / f"seed{seed}" / "shards.zarr"
         if stores.startswith("s3://"):
@@ -404,10 +410,18 @@ def load_config(path: str | Path, out: str | Path | None = None) -> PipelineConf
     root = out if out is not None else parsed.out
     if root is None:
         raise ConfigError(f"{path}: out: missing (set out = \"...\" or pass --out)")
+    out_url = None
+    if is_url(str(root)):
+        try:
+            parse_location(str(root))
+        except UserError as exc:
+            raise ConfigError(f"{path}: out: {exc}") from None
+        out_url = str(root).rstrip("/")
     return PipelineConfig(
-        path=path, out=Path(root), seeds=list(parsed.seeds), source=parsed.source,
+        path=path, out=staging_root(out_url) if out_url else Path(root),
+        seeds=list(parsed.seeds), source=parsed.source,
         generate=parsed.generate, train=parsed.train, evaluate=parsed.evaluate,
-        settings=settings,
+        settings=settings, out_url=out_url,
     )
 
 
@@ -417,6 +431,11 @@ def check_inputs(config: PipelineConfig) -> None:
     Raises :class:`ConfigError` naming the key; a category folder or list file whose
     content is unusable is found when its job starts, and fails that job only.
     """
+    if config.out_url is not None:
+        try:
+            parse_location(config.out_url).check()
+        except UserError as exc:
+            raise ConfigError(f"{config.path}: out: {exc}") from None
     if config.generate.stores is not None:  # an object store: credentials, bucket, server
         try:
             parse_location(config.jobs()[0].store).check()

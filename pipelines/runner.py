@@ -14,6 +14,7 @@ stage that ran or was skipped is appended to ``<out>/pipeline-log.jsonl``.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nsa.pipelines.config import PipelineConfig, check_inputs
+from nsa.pipelines.remote_out import fetch_files, fetch_job, send_files, send_job
 from nsa.pipelines.stages import JobPlan, plan_job, run_evaluate, run_generate, run_train
 
 from nsa.errors import UserError, os_error, writing
@@ -59,26 +61,60 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _train_and_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
-                        ) -> tuple[list[str], dict[str, Any]]:
-    """Train then evaluate one job; return the stages that did work, and the metrics."""
-    trained = run_train(plan, progress)
-    _log(config.out, plan.job.name, "train", trained)
-    evaluated, metrics = run_evaluate(config, plan, progress)
-    _log(config.out, plan.job.name, "evaluate", evaluated)
-    return [stage for stage, did in (("train", trained), ("evaluate", evaluated)) if did], metrics
+                        ) -> tuple[list[tuple[str, bool]], dict[str, Any] | None, str | None]:
+    """Train then evaluate one job (in its staging folder when the output root is on S3,
+    sending its work back also when a stage fails). Returns the stages passed, each with
+    whether it did work; the metrics; and the one-line error that stopped the job."""
+    passed: list[tuple[str, bool]] = []
+    fetched = None
+    try:
+        if config.out_url is not None:
+            fetched = fetch_job(config.out_url, plan.job.name, plan.job.directory)
+        try:
+            passed.append(("train", run_train(plan, progress)))
+            evaluated, metrics = run_evaluate(config, plan, progress)
+            passed.append(("evaluate", evaluated))
+            return passed, metrics, None
+        finally:
+            if fetched is not None:
+                send_job(config.out_url, plan.job.name, plan.job.directory, fetched)
+    except Exception as exc:  # one failed job must not stop the others
+        return passed, None, _error_line(exc)
+
+
+def _generate(config: PipelineConfig, plan: JobPlan, progress: bool) -> bool:
+    """Generate the job's store unless done (its marker sent back when the output root is
+    on S3); return True when work was done."""
+    if config.out_url is None:
+        did = run_generate(config, plan, progress)
+    else:
+        fetched = fetch_job(config.out_url, plan.job.name, plan.job.directory, outputs=False)
+        try:
+            did = run_generate(config, plan, progress)
+        finally:
+            send_job(config.out_url, plan.job.name, plan.job.directory, fetched)
+    _log(config.out, plan.job.name, "generate", did)
+    return did
+
+
+def _finish(config: PipelineConfig, outcome: JobOutcome,
+            result: tuple[list[tuple[str, bool]], dict[str, Any] | None, str | None]) -> None:
+    passed, outcome.metrics, outcome.error = result
+    for stage, did in passed:
+        _log(config.out, outcome.name, stage, did)
+        if did:
+            outcome.ran.append(stage)
 
 
 def _run_local(config: PipelineConfig, plan: JobPlan, progress: bool) -> JobOutcome:
     outcome = JobOutcome(plan.job.name, plan.job.category, plan.job.seed)
     try:
-        did = run_generate(config, plan, progress)
-        _log(config.out, plan.job.name, "generate", did)
-        if did:
+        if _generate(config, plan, progress):
             outcome.ran.append("generate")
-        ran, outcome.metrics = _train_and_evaluate(config, plan, progress)
-        outcome.ran += ran
     except Exception as exc:  # one failed job must not stop the others
         outcome.error = _error_line(exc)
+        return outcome
+    _finish(config, outcome, _train_and_evaluate(config, plan, progress))
     return outcome
 
 
@@ -88,15 +124,25 @@ def run_pipeline(config: PipelineConfig, *, address: str | None = None,
 
     The folders and list files the config names are checked first
     (:func:`~nsa.pipelines.config.check_inputs`): a missing one stops the pipeline with a
-    :class:`~nsa.pipelines.config.ConfigError` before any job starts.
+    :class:`~nsa.pipelines.config.ConfigError` before any job starts. With the output
+    root on S3, the pipeline log is fetched first and sent back last
+    (:mod:`~nsa.pipelines.remote_out`).
     """
     check_inputs(config)
     plans = [plan_job(config, job) for job in config.jobs()]
+    if config.out_url is not None:
+        shutil.rmtree(config.out, ignore_errors=True)
     config.out.mkdir(parents=True, exist_ok=True)
-    if address is None:
-        return [_run_local(config, plan, progress) for plan in plans]
-    with ray_session(address):
-        return _run_on_cluster(config, plans, progress)
+    if config.out_url is not None:
+        fetch_files(config.out_url, config.out, [LOG_FILE])
+    try:
+        if address is None:
+            return [_run_local(config, plan, progress) for plan in plans]
+        with ray_session(address):
+            return _run_on_cluster(config, plans, progress)
+    finally:
+        if config.out_url is not None:
+            send_files(config.out_url, config.out, [LOG_FILE])
 
 
 def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
@@ -111,18 +157,15 @@ def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
         outcome = JobOutcome(plan.job.name, plan.job.category, plan.job.seed)
         outcomes.append(outcome)
         try:
-            did = run_generate(config, plan, progress)
-            _log(config.out, plan.job.name, "generate", did)
-            if did:
+            if _generate(config, plan, progress):
                 outcome.ran.append("generate")
             pending[len(outcomes) - 1] = remote.remote(config, plan, False)
         except Exception as exc:
             outcome.error = _error_line(exc)
     for index, ref in pending.items():
         try:
-            ran, outcomes[index].metrics = ray.get(ref)
-            outcomes[index].ran += ran
-        except Exception as exc:
+            _finish(config, outcomes[index], ray.get(ref))
+        except Exception as exc:  # the task itself lost (its worker died)
             cause = getattr(exc, "cause", None) or exc
             outcomes[index].error = _error_line(cause)
     return outcomes

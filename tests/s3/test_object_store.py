@@ -141,6 +141,83 @@ max_pictures = 1
     assert third.ran == ["generate", "train", "evaluate"] and shards.open_store(url).complete
 
 
+def test_a_pipeline_whose_out_is_on_s3_keeps_everything_there_for_any_machine(
+        mvtec_root, local_ray, s3_bucket, tmp_path):
+    """With ``--out s3://...`` the markers, store, run, evaluation, log and summary are in
+    the bucket; a machine with none of the local staging folders finds every stage done,
+    and one whose evaluation marker is gone evaluates the run it copies down."""
+    from nsa.pipelines.cli import app
+    from nsa.pipelines.remote_out import staging_root
+    from typer.testing import CliRunner
+
+    category = mvtec_root / CATEGORY
+    config = tmp_path / "widget.toml"
+    config.write_text(f"""
+out = "{tmp_path / 'not-used'}"
+seeds = [0]
+
+[source]
+kind = "folder"
+root = "{category / 'train' / 'good'}"
+name = "widget"
+test_good = "{category / 'test' / 'good'}"
+test_defects = ["{category / 'test' / 'broken_large'}"]
+test_masks = "{category / 'ground_truth' / 'broken_large'}"
+
+[generate]
+preset = "bottle"
+n = 32
+size = 64
+chunk_size = 16
+overrides = {{ augment = {{ rotate = 5, center_crop = 64, crop = 64 }} }}
+
+[train]
+steps = 2
+batch_size = 8
+device = "cpu"
+loader_workers = 0
+
+[evaluate]
+max_pictures = 1
+""")
+    out = f"{s3_bucket}/runs/"
+    root = parse_location(f"{s3_bucket}/runs")
+    result = CliRunner().invoke(app, ["run", str(config), "--out", out, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "widget/seed0: ran generate, train, evaluate" in result.stdout
+    assert f"tables: {s3_bucket}/runs/summary.md and {s3_bucket}/runs/summary.csv" \
+        in result.stdout
+    keys = set(root.list_keys())
+    job = "widget/seed0"
+    assert {f"{job}/{name}" for name in ("generate.json", "train.json", "evaluate.json",
+                                         f"run/{MODEL_FILE}", f"run/{CONFIG_FILE}",
+                                         "eval/metrics.json", "shards.zarr/zarr.json")} <= keys
+    assert {"pipeline-log.jsonl", "summary.md", "summary.csv"} <= keys
+    assert not (tmp_path / "not-used").exists()
+    assert shards.open_store(f"{s3_bucket}/runs/{job}/shards.zarr").complete
+    fs = root.filesystem()
+    metrics = json.loads(fs.cat_file(f"{root.fs_path}/{job}/eval/metrics.json"))
+
+    shutil.rmtree(staging_root(out.rstrip("/")))  # another machine: nothing local
+    (second,) = run_pipeline(load_config(config, out), progress=False)
+    assert second.error is None and second.ran == []
+    assert second.metrics == metrics
+
+    shutil.rmtree(staging_root(out.rstrip("/")))
+    fs.rm_file(f"{root.fs_path}/{job}/evaluate.json")
+    fs.rm_file(f"{root.fs_path}/{job}/eval/metrics.json")
+    (third,) = run_pipeline(load_config(config, out), progress=False)
+    assert third.error is None and third.ran == ["evaluate"]  # on the run it copied down
+    assert third.metrics["mean"] == metrics["mean"]
+    assert {f"{job}/evaluate.json", f"{job}/eval/metrics.json"} <= set(root.list_keys())
+    log = [json.loads(line) for line in
+           fs.cat_file(f"{root.fs_path}/pipeline-log.jsonl").decode().splitlines()]
+    assert [(r["stage"], r["ran"]) for r in log] == [
+        ("generate", True), ("train", True), ("evaluate", True),
+        ("generate", False), ("train", False), ("evaluate", False),
+        ("generate", False), ("train", False), ("evaluate", True)]
+
+
 def test_a_pipeline_whose_stores_bucket_is_missing_stops_before_any_job(mvtec_root, s3_server,
                                                                         tmp_path, monkeypatch):
     import pytest
@@ -165,6 +242,32 @@ steps = 1
     assert str(error.value) == (
         f"{config}: [generate] stores: s3://no-such-bucket-nsa/nsa/{CATEGORY}/seed0.zarr: "
         f"bucket 'no-such-bucket-nsa' does not exist on {s3_server}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pipeline_whose_out_bucket_is_missing_stops_before_any_job(mvtec_root, s3_server,
+                                                                     tmp_path, monkeypatch):
+    from nsa.pipelines.cli import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    config = tmp_path / "c.toml"
+    config.write_text(f"""
+out = "{tmp_path / 'out'}"
+[source]
+kind = "mvtec"
+root = "{mvtec_root}"
+categories = ["{CATEGORY}"]
+[generate]
+n = 8
+[train]
+steps = 1
+""")
+    result = CliRunner().invoke(app, ["run", str(config), "--out", "s3://no-such-bucket-nsa/r",
+                                      "--no-progress"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (f"error: {config}: out: s3://no-such-bucket-nsa/r: bucket "
+                             f"'no-such-bucket-nsa' does not exist on {s3_server}\n")
     assert not (tmp_path / "out").exists()
 
 
