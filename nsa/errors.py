@@ -48,7 +48,8 @@ class CheckFailed(UserError):
 
 
 class OutputError(UserError):
-    """The environment failed a write or read (no space left, I/O error): exit 1.
+    """The environment failed a write or read (no space left, I/O error), or a local
+    Ray that would not start: exit 1.
 
     Raised by :func:`writing` for an ``OSError`` whose cause is not the path itself;
     one for a wrong path (missing folder, permission denied) keeps exit 2.

@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nsa.errors import Terminated, UserError
+from nsa.errors import OutputError, Terminated, UserError
 
 #: Seconds to wait for a TCP connection to ``--address`` before calling it unreachable.
 CONNECT_TIMEOUT_S = 5.0
@@ -262,8 +262,10 @@ def _init(address: str | None, option: str, num_cpus: int | None,
 
 
 def _init_error(exc: Exception, address: str | None, option: str) -> UserError:
-    """The one-line error for a failed ``ray.init``."""
+    """The one-line error for a failed ``ray.init``: exit 2 for an address that does not
+    connect (the user's input), exit 1 (:class:`~nsa.errors.OutputError`) for a local Ray
+    that did not start (the machine: overloaded, out of memory or disk)."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if address:
         return UserError(f"{option} {address}: could not connect ({first_line})")
-    return UserError(f"could not start a local Ray ({first_line})")
+    return OutputError(f"could not start a local Ray ({first_line})")

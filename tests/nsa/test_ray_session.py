@@ -136,8 +136,9 @@ def test_a_local_ray_that_does_not_start_in_time_is_one_line(monkeypatch):
 
     monkeypatch.setattr(ray, "init", timed_out)  # _init alone: a session's Ray stays up
     with pytest.raises(UserError, match=r"^could not start a local Ray \(The current node "
-                       r"timed out during startup\. .*overloaded\.\)$"):
+                       r"timed out during startup\. .*overloaded\.\)$") as error:
         _init(None, "--address", 1, None)
+    assert error.value.exit_code == 1  # the machine's failure, not the user's input
 
 
 def test_a_bug_inside_ray_init_keeps_its_traceback(monkeypatch):
