@@ -21,6 +21,7 @@ in metrics.json's ``warnings``.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -106,12 +107,17 @@ def score_testset(
     white_level: int | None = None,
     model_name: str | Path = "the model",
     advance=lambda n: None,
+    shared: dict[Path, np.ndarray | None] | None = None,
 ) -> ScoredSet:
     """Run the model over ``testset`` batch by batch and keep what the metrics need.
 
-    Images are scaled by ``white_level`` as the run's training images were. Raises
-    UserError naming ``model_name`` when a map holds NaN or infinity.
+    Images are scaled by ``white_level`` as the run's training images were. ``shared``
+    maps the paths of images that other test sets of the same evaluation hold too (MVTec
+    LOCO's good images are in all three) to their anomaly map once one set has scored them
+    (None before): the model sees each such image once. Raises UserError naming
+    ``model_name`` when a map holds NaN or infinity.
     """
+    shared = {} if shared is None else shared
     side = geometry.side
     chosen = set(picture_indices(len(testset.images), max_pictures).tolist())
     scores, maps, masks, pictures, empty, thumbnails = [], [], [], {}, [], []
@@ -120,8 +126,16 @@ def score_testset(
         decoded = [read_test_image(image, channels, testset.has_masks, white_level)
                    for image in batch]
         resized = np.stack([resize_square(pixels, side) for pixels, _ in decoded])
-        batch_maps = anomaly_maps(model, resized, geometry, device)
-        check_finite_maps(batch_maps, model_name, [image.path for image in batch])
+        known = [shared.get(image.path) for image in batch]
+        todo = [offset for offset, side_map in enumerate(known) if side_map is None]
+        if todo:
+            fresh = anomaly_maps(model, resized[todo], geometry, device)
+            check_finite_maps(fresh, model_name, [batch[offset].path for offset in todo])
+            for offset, side_map in zip(todo, fresh, strict=True):
+                known[offset] = side_map
+                if batch[offset].path in shared:
+                    shared[batch[offset].path] = side_map
+        batch_maps = np.stack(known)
         for offset, ((_, native_mask), side_map) in enumerate(
             zip(decoded, batch_maps, strict=True)
         ):
@@ -254,6 +268,9 @@ def evaluate(
         mismatch = depth_mismatch(testset.images[0].path, run.white_level)
         if mismatch:
             warn(mismatch, warnings)
+    counts = Counter(image.path for testset in testsets for image in testset.images)
+    shared: dict[Path, np.ndarray | None] = {
+        path: None for path, count in counts.items() if count > 1}
     bar = progress_bar("images")
     bar.disable = not progress
     with bar:
@@ -264,7 +281,7 @@ def evaluate(
                 net, testset, geometry=geometry, channels=channels, protocol=protocol,
                 device=torch_device, batch_size=batch_size, max_pictures=max_pictures,
                 white_level=run.white_level, model_name=model,
-                advance=lambda n: bar.advance(task, n),
+                advance=lambda n: bar.advance(task, n), shared=shared,
             )
             empty = empty_mask_warning(testset, scored)
             if empty:

@@ -191,6 +191,37 @@ def test_loco_unions_the_mask_files_of_an_image_and_shares_the_good_images(
         "structural_anomalies"}
 
 
+def test_loco_scores_its_shared_good_images_once_with_the_metrics_of_separate_sets(
+        trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nsa.evaluate import run as eval_run
+
+    sets = DATASETS["mvtec-loco"].testsets(root=make_loco(tmp_path / "data"),
+                                            category=["pushpins"])
+    seen: list[int] = []
+    real = eval_run.anomaly_maps
+
+    def counted(model, images, geometry, device):
+        seen.append(len(images))
+        return real(model, images, geometry, device)
+
+    monkeypatch.setattr(eval_run, "anomaly_maps", counted)
+    together = eval_run.evaluate(sets, trained_run, tmp_path / "together", batch_size=3,
+                                 max_pictures=0, progress=False)
+    unique = {image.path for testset in sets for image in testset.images}
+    assert sum(seen) == len(unique) == 5  # 2 good images, shared by 3 sets, once each
+    for testset in sets:  # each set alone: nothing to share, the same numbers (but for
+        # the last bits a map's floats take from the other images of its batch)
+        alone = eval_run.evaluate([testset], trained_run, tmp_path / testset.name,
+                                  batch_size=3, max_pictures=0, progress=False)
+        mine, theirs = (result["categories"][testset.name] for result in (together, alone))
+        assert mine.keys() == theirs.keys()
+        for key, value in mine.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), key
+            else:
+                assert value == theirs[key], key
+
+
 @pytest.mark.parametrize(("layout", "break_tree", "fragments"), [
     ("visa", lambda r: (r / "split_csv" / "1cls.csv").unlink(),
      ["split_csv/1cls.csv: not found", "VisA as released"]),
