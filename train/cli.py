@@ -22,21 +22,29 @@ app = App(
 _DEFAULTS = TrainConfig()
 
 
-def _default(name: str) -> str:
-    """The default of an option, shown in --help (the options default to None so that a
-    resume can tell the ones given from the rest)."""
-    return str(getattr(_DEFAULTS, name))
+#: Options whose --help shows TrainConfig's default; the others default to None.
+_WITH_DEFAULTS = ("batch_size", "lr", "min_lr", "seed", "device", "loader_workers",
+                  "shuffle_chunks", "checkpoint_every", "log_every", "predictions",
+                  "final_layer", "workers", "overwrite", "progress")
+
+
+def _given_here(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` came from the command line (or the environment), not from
+    its default: a resume keeps the run's own value of every option not given."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 @app.command("train")
 def main(
+    ctx: typer.Context,
     shards: list[str] = typer.Option(
         None, "--shards",
         help="Store(s) to train on (folders or s3:// URLs): --shards A B C (or repeat --shards).",
     ),
     more_shards: list[str] = typer.Argument(None, hidden=True, metavar="[STORE]..."),
     out: Path = typer.Option(
-        None, show_default="runs/<store name>",
+        None,
         help="New run directory (default: runs/ and the store's name without .zarr; with "
         "several stores their names joined by '+').",
     ),
@@ -46,52 +54,50 @@ def main(
     epochs: int = typer.Option(None, help="Passes over the stores (give this or --steps)."),
     steps: int = typer.Option(None, help="Optimiser steps (give this or --epochs)."),
     batch_size: int = typer.Option(
-        None, show_default=_default("batch_size"), help="Global batch, split across --workers.",
+        _DEFAULTS.batch_size, help="Global batch, split across --workers.",
     ),
     lr: float = typer.Option(
-        None, show_default=_default("lr"), help="Adam learning rate at the start.",
+        _DEFAULTS.lr, help="Adam learning rate at the start.",
     ),
     min_lr: float = typer.Option(
-        None, show_default=_default("min_lr"), help="Learning rate at the end (cosine schedule).",
+        _DEFAULTS.min_lr, help="Learning rate at the end (cosine schedule).",
     ),
     seed: int = typer.Option(
-        None, show_default=_default("seed"), help="Seed of weights, data order and augmentation.",
+        _DEFAULTS.seed, help="Seed of weights, data order and augmentation.",
     ),
     device: str = typer.Option(
-        None, show_default=_default("device"), help="auto, cpu, cuda or cuda:N.",
+        _DEFAULTS.device, help="auto, cpu, cuda or cuda:N.",
     ),
     threads: int = typer.Option(None, help="CPU threads per worker (default: all cores)."),
     loader_workers: int = typer.Option(
-        None, show_default=_default("loader_workers"),
+        _DEFAULTS.loader_workers,
         help="DataLoader processes per worker (fewer when the stores cannot feed them).",
     ),
     shuffle_chunks: int = typer.Option(
-        None, show_default=_default("shuffle_chunks"), help="Chunks per shuffle buffer.",
+        _DEFAULTS.shuffle_chunks, help="Chunks per shuffle buffer.",
     ),
     checkpoint_every: int = typer.Option(
-        None, show_default=_default("checkpoint_every"), help="Steps between checkpoints.",
+        _DEFAULTS.checkpoint_every, help="Steps between checkpoints.",
     ),
     log_every: int = typer.Option(
-        None, show_default=_default("log_every"), help="Steps between metrics.jsonl lines.",
+        _DEFAULTS.log_every, help="Steps between metrics.jsonl lines.",
     ),
     predictions: int = typer.Option(
-        None, show_default=_default("predictions"), help="Training examples in predictions.png.",
+        _DEFAULTS.predictions, help="Training examples in predictions.png.",
     ),
     final_layer: str = typer.Option(
-        None, show_default=_default("final_layer"),
+        _DEFAULTS.final_layer,
         help="The decoder's last x2 layer: resize-conv (bilinear x2 then a 7x7 convolution) "
         "or transposed (the authors' release: a 7x7 stride-2 transposed convolution).",
     ),
     workers: int = typer.Option(
-        None, show_default=_default("workers"),
+        _DEFAULTS.workers,
         help="Ray Train workers: DDP processes, one per GPU (or CPU process); 1 trains here.",
     ),
     num_workers: int = typer.Option(None, hidden=True, help="Deprecated name of --workers."),
     address: str = typer.Option(None, help="Ray cluster address (default: start a local Ray)."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
-    progress: bool = typer.Option(
-        None, show_default="progress", help="Show a progress bar.",
-    ),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
     version: bool = typer.Option(
         False, "--version", callback=show_version, is_eager=True, help="Print the version."
     ),
@@ -101,11 +107,10 @@ def main(
     with cli_errors():
         stores = [str(p) for p in [*(shards or []), *(more_shards or [])]]
         if num_workers is not None:
-            if workers is not None:
+            if _given_here(ctx, "workers"):
                 raise UserError("give --workers only (--num-workers is its old name)")
             print("warning: --num-workers is deprecated; it is now called --workers",
                   file=sys.stderr)
-            workers = num_workers
         if out is None and resume is None and stores:
             out = default_run_dir(stores)
             print(f"note: no --out given; the run goes to {out}", file=sys.stderr)
@@ -119,7 +124,10 @@ def main(
             "workers": workers,
             "address": address, "overwrite": overwrite or None, "progress": progress,
         }
-        given = {name: value for name, value in options.items() if value is not None}
+        given = {name: value for name, value in options.items() if value is not None
+                 and (name not in _WITH_DEFAULTS or _given_here(ctx, name))}
+        if num_workers is not None:
+            given["workers"] = num_workers
         run_dir = train(TrainConfig(**given), given=set(given))
         print(run_dir)
 

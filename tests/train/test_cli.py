@@ -59,3 +59,14 @@ def test_num_workers_is_the_old_name_of_workers(tmp_path, make_store):
         "warning: --num-workers is deprecated; it is now called --workers",
         "error: --batch-size 8 must be divisible by --workers 3 (it is the global batch, "
         "split across workers)"]
+
+
+def test_help_shows_each_default_as_the_value_it_is():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    shown = {line.split("--", 1)[1].split()[0]: line for line in result.output.splitlines()
+             if line.lstrip("│ ").startswith("--")}
+    assert "[default: 64]" in shown["batch-size"] and "[default: 0]" in shown["seed"]
+    assert "[default: auto]" in shown["device"]
+    assert "(" not in "".join(line.split("[default:", 1)[-1] for line in shown.values()
+                              if "[default:" in line)
