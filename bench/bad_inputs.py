@@ -89,7 +89,7 @@ def build_scratch(root: Path) -> None:
     (root / "list_empty.txt").write_text("")
     (root / "list_missing.txt").write_text("nope.png\n")
     _run(["nsa-gen", "folder", "--root", "good", "--preset", "elpv", "--size", "64", "--n",
-          "128", "--chunk-size", "32", "--workers", "1", "--out", "store.zarr", "--quiet"],
+          "128", "--chunk-size", "32", "--workers", "1", "--out", "store.zarr", "--no-progress"],
          root)
     _run(["nsa-train", "--shards", "store.zarr", "--out", "run", "--steps", "4",
           "--batch-size", "8", "--loader-workers", "0", "--no-progress"], root)
@@ -139,7 +139,7 @@ def _run(argv: list[str], cwd: Path, timeout: float = TIME_LIMIT_S,
 
 def cases(http_port: int) -> list[Case]:
     gen_folder = ["nsa-gen", "folder", "--preset", "elpv", "--size", "64", "--n", "64",
-                  "--workers", "1", "--quiet"]
+                  "--workers", "1", "--no-progress"]
     train = ["nsa-train", "--no-progress", "--loader-workers", "0", "--batch-size", "8"]
     ev_folder = ["nsa-eval", "folder", "--good", "good", "--defect", "bad", "--masks", "masks",
                  "--no-progress"]

@@ -124,7 +124,7 @@ def project_arm(arm: str, seed: int, args: argparse.Namespace, work: Path) -> di
     if not (store / "zarr.json").exists() or not _complete(store):
         run([str(BIN / "nsa-gen"), "elpv", "--type", CELL_TYPE, "--size", str(args.size),
              "--n", str(args.n), "--seed", str(seed), "--out", str(store), "--overwrite",
-             "--quiet", *gen_extra], log)
+             "--no-progress", *gen_extra], log)
     generated = time.perf_counter()
     same = (_same_store(store, work / "stores" / f"project-s{seed}.zarr")
             if arm in SYNTHESIS_ONLY else None)

@@ -288,7 +288,7 @@ def peak_memory(cell_type: str, n: int, work: Path) -> tuple[float, float, float
     Returns (peak summed RSS, peak summed PSS, wall seconds), memory in MB.
     """
     command = [str(Path(sys.executable).parent / "nsa-gen"), "elpv", "--type", cell_type,
-               "--n", str(n), "--out", str(work / f"mem{n}.zarr"), "--quiet"]
+               "--n", str(n), "--out", str(work / f"mem{n}.zarr"), "--no-progress"]
     start = time.perf_counter()
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
     peak_rss = peak_pss = 0

@@ -120,7 +120,7 @@ def generate_elpv_store(path: Path, n: int, size: int, workers: int) -> Generati
     driver and Ray workers every 0.2 s. Raises SystemExit when the command fails."""
     command = [str(Path(sys.executable).parent / "nsa-gen"), "elpv", "--type", "mono",
                "--n", str(n), "--size", str(size), "--workers", str(workers),
-               "--out", str(path), "--quiet"]
+               "--out", str(path), "--no-progress"]
     start = time.perf_counter()
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
     driver = worker = 0

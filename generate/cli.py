@@ -58,7 +58,10 @@ ChunkSize = Annotated[int, typer.Option(
     "writes a shard of up to 16 chunks).")]
 Set = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a setting, KEY=VALUE with VALUE in JSON (repeatable).")]
-Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress",
+                                        help="Show progress bars.")]
+Quiet = Annotated[bool, typer.Option("--quiet", hidden=True,
+                                     help="The old name of --no-progress.")]
 PreviewN = Annotated[int, typer.Option("--n", help="Number of example rows.")]
 PreviewOut = Annotated[Path, typer.Option("--out", help="PNG file to write.")]
 
@@ -89,11 +92,11 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 def _generate(source: Source, n: int, out: Path | str, *, preset: str | None, seed: int,
               workers: int | None, address: str | None, resume: bool, overwrite: bool,
               size: int | None, chunk_size: int, settings: list[str] | None,
-              quiet: bool) -> None:
+              progress: bool, quiet: bool) -> None:
     path = generate_store(
         source, out, n=n, preset=preset, overrides=parse_overrides(settings), seed=seed,
         workers=workers, address=address, resume=resume, overwrite=overwrite, size=size,
-        chunk_size=chunk_size, progress=not quiet,
+        chunk_size=chunk_size, progress=progress and not quiet,
     )
     print(shards.format_summary(shards.open_store(path).summary()))
 
@@ -161,7 +164,7 @@ GENERATE_OPTIONS = _shared(
     workers=(Workers, None), address=(Address, None), resume=(Resume, False),
     overwrite=(Overwrite, False), size=(Size, None),
     chunk_size=(ChunkSize, shards.DEFAULT_CHUNK_SIZE), settings=(Set, None),
-    quiet=(Quiet, False),
+    progress=(Progress, True), quiet=(Quiet, False),
 )
 #: The same for ``nsa-gen preview``.
 PREVIEW_OPTIONS = _shared(
@@ -186,9 +189,9 @@ def info(store: Annotated[str, typer.Argument(
 
 @app.command()
 def verify(store: Annotated[str, typer.Argument(help="Store to check (folder or s3:// URL).")],
-           quiet: Quiet = False) -> None:
+           progress: Progress = True, quiet: Quiet = False) -> None:
     """Re-check every chunk against its stored checksum; exit 1 naming bad chunks."""
     with cli_errors():
-        checked = shards.verify_store(store, progress=not quiet)
+        checked = shards.verify_store(store, progress=progress and not quiet)
         print(f"{store}: the chunk matches its checksum" if checked == 1
               else f"{store}: all {checked} chunks match their checksums")

@@ -35,7 +35,7 @@ import nsa
 
 BIN = Path(sys.executable).parent
 CATEGORY = "bottle"
-SMALL = ["--size", "64", "--chunk-size", "8", "--quiet"]
+SMALL = ["--size", "64", "--chunk-size", "8", "--no-progress"]
 
 
 def _run(*args: str):
@@ -181,8 +181,8 @@ def test_verify_reports_a_corrupted_chunk_by_index_with_exit_1(cli_store, tmp_pa
     shutil.copytree(cli_store, damaged)
     chunk_file = damaged / "masks" / "c" / "2" / "0" / "0" / "0"
     chunk_file.write_bytes(chunk_file.read_bytes()[:-8] + bytes(8))
-    assert _run("verify", cli_store, "--quiet").exit_code == 0
-    result = _run("verify", damaged, "--quiet")
+    assert _run("verify", cli_store, "--no-progress").exit_code == 0
+    result = _run("verify", damaged, "--quiet")  # the old name of --no-progress still works
     assert result.exit_code == 1
     assert "chunk 2" in result.stderr and "chunk 1" not in result.stderr
 
@@ -206,7 +206,7 @@ def test_preview_writes_a_png_grid(mvtec_root, tmp_path):
 def _gen_command(root: Path, out: Path, n: int, *extra: str) -> list[str]:
     return [str(BIN / "nsa-gen"), "mvtec", "--root", str(root), "--category", CATEGORY,
             "--n", str(n), "--out", str(out), "--size", "64", "--chunk-size", "4", *extra,
-            "--quiet"]
+            "--no-progress"]
 
 
 def _reference(root: Path, out: Path, n: int) -> dict[str, np.ndarray]:
@@ -471,7 +471,7 @@ def test_disk_full_is_one_line_and_the_store_resumes_elsewhere(mvtec_root, local
                                                                small_disk, tmp_path):
     out = small_disk / "full.zarr"
     args = ["mvtec", "--root", mvtec_root, "--category", CATEGORY, "--n", 120, "--size", 64,
-            "--chunk-size", 4, "--workers", 2, "--quiet"]
+            "--chunk-size", 4, "--workers", 2, "--no-progress"]
     result = _run(*args, "--out", out)
     assert result.exit_code == 1, result.output
     assert result.stderr.strip() == f"error: {out}: no space left on device"

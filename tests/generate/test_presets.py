@@ -180,7 +180,7 @@ def test_set_errors_are_one_line_naming_the_setting_exit_2(mvtec_root, tmp_path)
     from typer.testing import CliRunner
 
     base = ["mvtec", "--root", str(mvtec_root), "--category", "bottle", "--n", "4",
-            "--out", str(tmp_path / "x.zarr"), "--quiet", "--set"]
+            "--out", str(tmp_path / "x.zarr"), "--no-progress", "--set"]
     for item, message in [
         ("num_patches=9", "error: setting 'num_patches' = 9 is invalid: input should be "
                           "less than or equal to 4"),

@@ -147,7 +147,7 @@ def test_nsa_gen_names_an_empty_image_file_before_writing_anything(tmp_path, com
     where = ["--root", str(good)] if command == "folder" else [
         "--root", str(tmp_path), "--category", "widget"]
     result = CliRunner().invoke(gen_app, [command, *where, "--preset", "elpv", "--n", "4",
-                                          "--out", str(tmp_path / "out.zarr"), "--quiet"])
+                                          "--out", str(tmp_path / "out.zarr"), "--no-progress"])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert lines == [f"error: {good / 'b.png'}: empty file (0 bytes), not an image"]

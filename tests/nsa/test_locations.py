@@ -115,7 +115,7 @@ def test_the_s3_writer_lock_admits_one_writer_and_outlives_no_dead_holder(s3_buc
 def _gen(out: str, images: Path):
     start = time.monotonic()
     result = CliRunner().invoke(gen_app, ["folder", "--root", str(images), "--preset",
-                                          "bottle", "--n", "8", "--out", out, "--quiet"])
+                                          "bottle", "--n", "8", "--out", out, "--no-progress"])
     return result, time.monotonic() - start
 
 

@@ -44,7 +44,7 @@ def test_an_s3_store_by_2_ray_workers_killed_and_resumed_equals_a_local_one_and_
     command = [str(BIN / "nsa-gen"), "mvtec", "--root", str(mvtec_root), "--category",
                CATEGORY, "--n", str(n), "--out", url, "--size", "64", "--chunk-size",
                str(chunk), "--set", f"augment={json.dumps(AUGMENT)}", "--workers", "2",
-               "--quiet"]
+               "--no-progress"]
     driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
     try:
