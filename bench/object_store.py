@@ -10,6 +10,10 @@ the CPU seconds of the loader (this process and its DataLoader processes) and of
 server, and the HTTP requests the server answered (when it runs here, on the same cores
 as the loader: on a machine with few cores its CPU is taken from the loader).
 ``--shard-chunks`` writes shards of several chunks, so that chunks are byte ranges.
+``--loader-cpus 0 --server-cpus 1`` pins the loader (this process, and so its DataLoader
+processes, for the disk and the S3 epochs alike) and the S3 server started here to
+separate CPUs, as a server on its own machine would be; the last line says which CPUs
+each got.
 
 The S3 server is moto's (``moto_server``, started here on 127.0.0.1 at a free port) unless
 ``--endpoint`` names another (MinIO, Ceph: then ``--bucket`` must exist and the AWS
@@ -50,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import socket
 import statistics
@@ -98,18 +103,67 @@ def loader_cpu_s() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def cpu_set(text: str) -> set[int]:
+    """CPU numbers from ``0``, ``0,2`` or ``0-3`` (argparse type); raises
+    ``argparse.ArgumentTypeError`` for a malformed list or a CPU this process may not use."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        found = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if found is None or int(found[2] or found[1]) < int(found[1]):
+            raise argparse.ArgumentTypeError(f"{text!r} is no CPU list (e.g. 0 or 0,2 or "
+                                             "0-3)")
+        cpus.update(range(int(found[1]), int(found[2] or found[1]) + 1))
+    usable = os.sched_getaffinity(0)
+    if not cpus <= usable:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: this process may use CPUs {_cpu_text(usable)} only")
+    return cpus
+
+
+def _cpu_text(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+def _threads(pid: int | None = None) -> list[int]:
+    """The thread ids of process ``pid`` (None: this one)."""
+    return [int(t.name) for t in Path(f"/proc/{pid or 'self'}/task").iterdir()]
+
+
 @contextmanager
-def moto_server() -> Iterator[str]:
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Every thread of this process on ``cpus`` (None: left as it is), and so the
+    processes and threads started in the body (they inherit it); as before afterwards."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    for thread in _threads():
+        os.sched_setaffinity(thread, cpus)
+    try:
+        yield
+    finally:
+        for thread in _threads():
+            os.sched_setaffinity(thread, before)
+
+
+def cpus_of(pid: int | None = None) -> set[int]:
+    """The CPUs any thread of process ``pid`` (None: this one) may run on."""
+    return set().union(*(os.sched_getaffinity(t) for t in _threads(pid)))
+
+
+@contextmanager
+def moto_server(cpus: set[int] | None = None) -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (fake credentials in this process's environment),
-    logging its requests to a temporary file."""
+    logging its requests to a temporary file; on ``cpus`` (None: this process's)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as logs, open(Path(logs) / "moto.log", "wb") as log:
         SERVER_LOG.append(Path(log.name))
-        server = subprocess.Popen(
+        server = subprocess.Popen(  # pinned before exec: each of its threads inherits it
             [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
-             str(port)], stdout=subprocess.DEVNULL, stderr=log)
+             str(port)], stdout=subprocess.DEVNULL, stderr=log,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
         SERVER.append(server.pid)
         try:
             for _ in range(300):
@@ -159,7 +213,7 @@ def rates(stores: dict[str, str], processes: int, repeats: int, aheads: dict[str
     return runs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1024, help="examples in the store")
     parser.add_argument("--processes", type=int, default=1, help="DataLoader processes")
@@ -168,10 +222,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--endpoint", help="an S3 server's URL (default: start moto_server)")
     parser.add_argument("--bucket", help="bucket on --endpoint (default: a new one)")
-    args = parser.parse_args()
+    parser.add_argument("--loader-cpus", type=cpu_set, metavar="CPUS",
+                        help="run the loader (this process and its DataLoader processes) "
+                             "on these CPUs, for the disk and the S3 epochs alike, e.g. 0 "
+                             "or 0-3 (default: every CPU this process may use)")
+    parser.add_argument("--server-cpus", type=cpu_set, metavar="CPUS",
+                        help="run the S3 server started here on these CPUs, e.g. 1 "
+                             "(default: every CPU this process may use, the loader's too)")
+    args = parser.parse_args(argv)
+    if args.server_cpus is not None and args.endpoint is not None:
+        parser.error("--server-cpus: only for the S3 server started here, not with "
+                     "--endpoint")
     ahead = data.PREFETCH_CHUNKS
     with tempfile.TemporaryDirectory() as tmp, (
-            moto_server() if args.endpoint is None else _given(args.endpoint)) as endpoint:
+            moto_server(args.server_cpus) if args.endpoint is None
+            else _given(args.endpoint)) as endpoint, pinned(args.loader_cpus):
+        cpus = (f"loader on CPUs {_cpu_text(cpus_of())}, S3 server on CPUs "
+                f"{_cpu_text(cpus_of(SERVER[0])) if SERVER else '(not started here)'}")
         os.environ["AWS_ENDPOINT_URL"] = endpoint
         bucket = args.bucket or f"nsa-bench-{uuid.uuid4().hex[:8]}"
         url = f"s3://{bucket}/bench.zarr"
@@ -198,7 +265,8 @@ def main() -> None:
             print(f"  {'':<22} {name:<4} loader {statistics.median(epochs.loader_cpu):5.2f} "
                   f"CPU s  server {statistics.median(epochs.server_cpu):5.2f} CPU s  "
                   f"{statistics.median(epochs.requests):5.0f} requests")
-    print(f"  ({os.cpu_count()} CPUs here, load average {os.getloadavg()[0]:.1f})")
+    print(f"  ({os.cpu_count()} CPUs here, {cpus}; load average "
+          f"{os.getloadavg()[0]:.1f})")
 
 
 @contextmanager
