@@ -10,46 +10,75 @@ the CPU seconds of the loader (this process and its DataLoader processes) and of
 server, and the HTTP requests the server answered (when it runs here, on the same cores
 as the loader: on a machine with few cores its CPU is taken from the loader).
 ``--shard-chunks`` writes shards of several chunks, so that chunks are byte ranges.
+``--loader-cpus 0 --server-cpus 1`` pins the loader (this process, and so its DataLoader
+processes, for the disk and the S3 epochs alike) and the S3 server started here to
+separate CPUs, as a server on its own machine would be; the last line says which CPUs
+each got.
 
 The S3 server is moto's (``moto_server``, started here on 127.0.0.1 at a free port) unless
 ``--endpoint`` names another (MinIO, Ceph: then ``--bucket`` must exist and the AWS
 credentials be in the environment).
 
-Run: ``.venv/bin/python bench/object_store.py`` (about 2 minutes on 2 cores).
+Run: ``.venv/bin/python bench/object_store.py`` (1 to 2 minutes on 2 cores at ``--n 512``).
 
-Measured (``--n 512 --repeats 3``: 8 chunks an epoch; 2 cores shared with other work at
-load average 5 to 8, moto on the same cores; medians per epoch with read-ahead):
+Measured 2026-11-30 (``--repeats 3``, 8 chunks an epoch at ``--n 512``, 32 at 2048; 2
+cores shared with the lead's benchmarks; medians per epoch with read-ahead; "before":
+botocore's default CRCs on every request, "after": only where S3 requires them
+(``nsa.locations.CLIENT_CHECKSUMS``); "shared": both cores for loader and moto, "pinned":
+``--loader-cpus 0 --server-cpus 1``; in the order run; the two runs at load 6 to 7 met
+other work of the lead's and this session's profiling):
 
-====================== ======== =========== =========== ======== ===============
-code                   requests loader CPU  loader CPU  moto CPU S3 / disk rate
-                                (disk) s    (S3) s      s
-====================== ======== =========== =========== ======== ===============
-before (one chunk a    108      1.80        3.48        0.44     0.43, 0.51
-shard)
-after                  90       1.67, 2.18  2.19, 2.76  0.25,    0.93, 0.32
-                                                        0.46
-before, 4 chunks a     153      2.07        4.20        1.04     0.41
-shard
-after, 4 chunks a      92       1.74        2.41        0.51     0.52
-shard
-====================== ======== =========== =========== ======== ===============
+===== ====== ====== =========== =========== ======== ========= =======
+n     code   CPUs   loader CPU  loader CPU  moto CPU S3 / disk load
+                    (disk) s    (S3) s      s        rate      average
+===== ====== ====== =========== =========== ======== ========= =======
+512   before shared 1.84        2.53        0.36     0.51      3.1
+512   before pinned 1.95        2.43        0.38     0.62      3.4
+512   after  shared 1.92        2.87        0.33     0.61      3.1
+512   after  pinned 2.52        2.92        0.40     0.72      3.3
+512   before shared 1.68        2.32        0.34     0.81      3.0
+512   before pinned 1.60        2.30        0.33     0.69      2.7
+512   after  shared 2.32        2.69        0.35     0.81      1.8
+512   after  pinned 1.84        2.35        0.29     0.76      2.5
+2048  after  pinned 6.80        8.49        1.21     1.21      6.9
+2048  after  shared 8.40        11.09       1.53     0.48      6.2
+512   before shared 2.60        3.18        0.43     0.69      3.7
+512   before pinned 2.36        2.60        0.45     0.77      3.0
+512   after  shared 2.80        3.29        0.46     0.72      3.2
+512   after  pinned 2.57        3.10        0.49     0.78      2.8
+2048  after  pinned 8.54        10.74       1.50     0.78      2.7
+2048  after  shared 10.08       11.02       1.52     0.87      3.0
+===== ====== ====== =========== =========== ======== ========= =======
 
-What S3 still costs, per epoch of 8 chunks: a fresh S3 client in the loader process (0.14
-CPU s; 0.55 s before its garbage collector was kept off what it inherits), 17 requests
-to open the store there (metadata and the checksums, one object per shard), then 7 GETs
-a chunk (about 10 MB): 2.7 ms of loader CPU and 2.8 ms of moto CPU for a small GET, 21 ms
-and 6 ms for an 8 MB one. moto reads the whole object for every GET, a byte range too, so
-its CPU grows with the shard (0.25 s an epoch at one chunk a shard, 0.51 at four). In all
-the loader needs about 0.55 CPU s more per epoch from S3 than from disk (1.7 before), and
-moto 0.25 to 0.5: a third to a half more CPU than reading from disk, on the same two busy
-cores, so the rate ratio follows the machine's load (0.32 to 0.93 with the same code)
-rather than the reading; the 10% aim needs cores to spare for moto and the HTTP client.
+Neither the CRC setting nor moto on a core of its own brings S3 within 10% of disk here.
+The CRC costs only the 8 whole-object GETs of 9 MB an epoch (3 ms each: 0.02 s, lost in
+the noise). Pinned, the loader has one core and is bound by its CPU, and S3 takes 10 to
+45% more of it than disk (0.25 to 0.7 s an epoch at 512, 2.2 s at 2048), so the rate
+ratio stays 0.6 to 0.8 (1.21 once, at load 6.9, the lead's work slowing the disk
+epochs). Earlier runs, at load 5 to 8 with moto on the loader's cores, gave 0.32 to 0.93
+with the same code (one chunk a shard: 108 requests an epoch before shards' indexes
+were cached, 90 after; four chunks a shard: 153, then 92).
+
+What S3 costs the loader (client CPU measured in one process against moto at load
+average 1 to 2.5): a fresh S3 client in each loader process every epoch, 135 to 145 ms
+with its first request (in a forked process whose garbage collector is kept off what it
+inherits; 60 to 80 ms of it botocore parsing its S3 model again, which a botocore session
+made before the fork could spare, but sessions are not meant to be shared between
+threads); 17 requests to open the store there (metadata and the checksums, one object a
+shard); then 7 GETs a chunk: 1.9 ms of client CPU for a small GET (signing, botocore's
+hooks and parsers, and a new connection: moto closes each one), 6 to 9 ms for an 8 MB
+one (aiohttp's reads and its two copies of the body; 9 to 15 ms with botocore checking
+the CRC32 moto returns with a whole object). Raw, a chunk's 7 objects cost 22 to 29 ms
+of CPU; read through zarr 52 to 67 ms against 34 to 39 ms from disk (decoding included).
+moto reads the whole object for every GET, a byte range too, so its CPU grows with the
+shard (0.3 to 0.5 s an epoch of 8 chunks at one chunk a shard).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import socket
 import statistics
@@ -98,18 +127,67 @@ def loader_cpu_s() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def cpu_set(text: str) -> set[int]:
+    """CPU numbers from ``0``, ``0,2`` or ``0-3`` (argparse type); raises
+    ``argparse.ArgumentTypeError`` for a malformed list or a CPU this process may not use."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        found = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if found is None or int(found[2] or found[1]) < int(found[1]):
+            raise argparse.ArgumentTypeError(f"{text!r} is no CPU list (e.g. 0 or 0,2 or "
+                                             "0-3)")
+        cpus.update(range(int(found[1]), int(found[2] or found[1]) + 1))
+    usable = os.sched_getaffinity(0)
+    if not cpus <= usable:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: this process may use CPUs {_cpu_text(usable)} only")
+    return cpus
+
+
+def _cpu_text(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+def _threads(pid: int | None = None) -> list[int]:
+    """The thread ids of process ``pid`` (None: this one)."""
+    return [int(t.name) for t in Path(f"/proc/{pid or 'self'}/task").iterdir()]
+
+
 @contextmanager
-def moto_server() -> Iterator[str]:
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Every thread of this process on ``cpus`` (None: left as it is), and so the
+    processes and threads started in the body (they inherit it); as before afterwards."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    for thread in _threads():
+        os.sched_setaffinity(thread, cpus)
+    try:
+        yield
+    finally:
+        for thread in _threads():
+            os.sched_setaffinity(thread, before)
+
+
+def cpus_of(pid: int | None = None) -> set[int]:
+    """The CPUs any thread of process ``pid`` (None: this one) may run on."""
+    return set().union(*(os.sched_getaffinity(t) for t in _threads(pid)))
+
+
+@contextmanager
+def moto_server(cpus: set[int] | None = None) -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (fake credentials in this process's environment),
-    logging its requests to a temporary file."""
+    logging its requests to a temporary file; on ``cpus`` (None: this process's)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as logs, open(Path(logs) / "moto.log", "wb") as log:
         SERVER_LOG.append(Path(log.name))
-        server = subprocess.Popen(
+        server = subprocess.Popen(  # pinned before exec: each of its threads inherits it
             [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
-             str(port)], stdout=subprocess.DEVNULL, stderr=log)
+             str(port)], stdout=subprocess.DEVNULL, stderr=log,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
         SERVER.append(server.pid)
         try:
             for _ in range(300):
@@ -159,7 +237,7 @@ def rates(stores: dict[str, str], processes: int, repeats: int, aheads: dict[str
     return runs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1024, help="examples in the store")
     parser.add_argument("--processes", type=int, default=1, help="DataLoader processes")
@@ -168,10 +246,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--endpoint", help="an S3 server's URL (default: start moto_server)")
     parser.add_argument("--bucket", help="bucket on --endpoint (default: a new one)")
-    args = parser.parse_args()
+    parser.add_argument("--loader-cpus", type=cpu_set, metavar="CPUS",
+                        help="run the loader (this process and its DataLoader processes) "
+                             "on these CPUs, for the disk and the S3 epochs alike, e.g. 0 "
+                             "or 0-3 (default: every CPU this process may use)")
+    parser.add_argument("--server-cpus", type=cpu_set, metavar="CPUS",
+                        help="run the S3 server started here on these CPUs, e.g. 1 "
+                             "(default: every CPU this process may use, the loader's too)")
+    args = parser.parse_args(argv)
+    if args.server_cpus is not None and args.endpoint is not None:
+        parser.error("--server-cpus: only for the S3 server started here, not with "
+                     "--endpoint")
     ahead = data.PREFETCH_CHUNKS
     with tempfile.TemporaryDirectory() as tmp, (
-            moto_server() if args.endpoint is None else _given(args.endpoint)) as endpoint:
+            moto_server(args.server_cpus) if args.endpoint is None
+            else _given(args.endpoint)) as endpoint, pinned(args.loader_cpus):
+        cpus = (f"loader on CPUs {_cpu_text(cpus_of())}, S3 server on CPUs "
+                f"{_cpu_text(cpus_of(SERVER[0])) if SERVER else '(not started here)'}")
         os.environ["AWS_ENDPOINT_URL"] = endpoint
         bucket = args.bucket or f"nsa-bench-{uuid.uuid4().hex[:8]}"
         url = f"s3://{bucket}/bench.zarr"
@@ -198,7 +289,8 @@ def main() -> None:
             print(f"  {'':<22} {name:<4} loader {statistics.median(epochs.loader_cpu):5.2f} "
                   f"CPU s  server {statistics.median(epochs.server_cpu):5.2f} CPU s  "
                   f"{statistics.median(epochs.requests):5.0f} requests")
-    print(f"  ({os.cpu_count()} CPUs here, load average {os.getloadavg()[0]:.1f})")
+    print(f"  ({os.cpu_count()} CPUs here, {cpus}; load average "
+          f"{os.getloadavg()[0]:.1f})")
 
 
 @contextmanager

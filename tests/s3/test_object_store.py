@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from nsa.generate import shards
@@ -363,3 +364,40 @@ def test_an_s3_server_that_stops_while_a_shard_is_written_is_one_line_naming_the
     assert error.value.exit_code == 1
     with pytest.raises(ZeroDivisionError), s3_failures(store.location):
         raise ZeroDivisionError  # anything else passes unchanged
+
+
+def test_s3_clients_leave_checking_the_bytes_to_the_chunk_checksums(s3_bucket, tmp_path):
+    """No CRC computed for an upload nor asked for with a download (botocore's default
+    costs a quarter to a third of the client's CPU per whole-object GET; every chunk's
+    SHA-256 checks the bytes): the headers of the requests sent to upload a store, read
+    every chunk as training does and remove the store; a CRC only where S3 requires one
+    (DeleteObjects)."""
+    local = _sharded_store(tmp_path / "local.zarr")
+    location = parse_location(f"{s3_bucket}/crc.zarr")
+    sent: list[tuple[str, str, set[str]]] = []
+
+    def record(request: Any, **_: Any) -> None:  # botocore's before-send event
+        sent.append((request.method, request.url, {k.lower() for k in request.headers}))
+
+    fs = location.filesystem()
+    fs.s3.meta.events.register("before-send.s3", record)
+    location.put((str(f.relative_to(local)), f.read_bytes())
+                 for f in sorted(local.rglob("*")) if f.is_file())
+    store = shards.open_store(str(location))
+    reader = store.group.store._store.fs  # the zarr store's own (asynchronous) client
+    reader.s3.meta.events.register("before-send.s3", record)
+    for chunk in range(store.n_chunks):
+        store.read_chunk(chunk, verify=True)
+    location.remove()
+
+    checksum_headers = {"x-amz-checksum-mode", "x-amz-sdk-checksum-algorithm",
+                        "x-amz-checksum-crc32", "x-amz-checksum-crc32c",
+                        "x-amz-checksum-crc64nvme", "content-md5"}
+    methods = [method for method, _, _ in sent]
+    assert methods.count("PUT") == sum(f.is_file() for f in local.rglob("*"))
+    assert methods.count("GET") >= store.n_chunks * len(shards.EXAMPLE_ARRAYS)
+    for method, url, headers in sent:
+        if method in ("PUT", "GET"):
+            assert not headers & checksum_headers, (method, url, headers)
+    deletes = [headers for method, url, headers in sent if method == "POST" and "delete" in url]
+    assert deletes and all(headers & checksum_headers for headers in deletes)
