@@ -237,7 +237,11 @@ class S3Location:
         import botocore.exceptions
         import botocore.session
 
-        if botocore.session.get_session().get_credentials() is None:
+        try:
+            credentials = botocore.session.get_session().get_credentials()
+        except botocore.exceptions.PartialCredentialsError as exc:
+            raise LocationError(f"{self}: incomplete S3 credentials ({exc})") from None
+        if credentials is None:
             raise LocationError(
                 f"{self}: no S3 credentials (set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
@@ -333,7 +337,11 @@ def parse_location(where: str | Path | Location, endpoint: str | None = None) ->
         key = key.strip("/")
         if not bucket or not key:
             raise LocationError(f"{where}: an S3 store needs s3://BUCKET/KEY")
-        return S3Location(bucket, key, endpoint or endpoint_from_environment())
+        server = endpoint or endpoint_from_environment()
+        if server is not None and not server.startswith(("http://", "https://")):
+            given = "the endpoint" if endpoint else "AWS_ENDPOINT_URL"
+            raise LocationError(f"{where}: {given} {server!r} needs http:// or https://")
+        return S3Location(bucket, key, server)
     if isinstance(where, str) and "://" in text:
         raise LocationError(f"{where}: only local paths and s3:// URLs are supported")
     if isinstance(where, str) and _MISTYPED_URL.match(where):

@@ -138,7 +138,17 @@ def test_bad_s3_outputs_are_one_line_exit_2_in_seconds_and_leave_nothing(
     _one_error_line(result, url, "no S3 credentials")
     assert seconds < 10
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    result, seconds = _gen(url, images)  # the secret key forgotten
+    _one_error_line(result, url, "incomplete S3 credentials (Partial credentials found in "
+                    "env, missing: AWS_SECRET_ACCESS_KEY)")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+    server = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.removeprefix("http://"))
+    result, seconds = _gen(url, images)
+    _one_error_line(result, url, f"AWS_ENDPOINT_URL {server.removeprefix('http://')!r} "
+                    "needs http:// or https://")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server)
 
     result, seconds = _gen("s3://no-such-bucket-nsa/x.zarr", images)
     _one_error_line(result, "s3://no-such-bucket-nsa/x.zarr",
