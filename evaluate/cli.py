@@ -24,6 +24,7 @@ from nsa.evaluate.testsets import TestSet
 
 from nsa.cli_app import App
 from nsa.errors import cli_errors
+from nsa.locations import local_folder
 from nsa.version_option import show_version
 
 app = App(
@@ -31,8 +32,10 @@ app = App(
     help="Evaluate NSA models: image/pixel AUROC and AP, AU-PRO, tables and pictures.",
 )
 
-MODEL = typer.Option(..., "--model", help="Run directory written by nsa-train.")
-OUT = typer.Option(..., "--out", help="Folder for metrics.json/.csv/.md, maps/, curves.png.")
+MODEL = typer.Option(..., "--model", callback=local_folder,
+                     help="Run directory written by nsa-train.")
+OUT = typer.Option(..., "--out", callback=local_folder,
+                   help="Folder for metrics.json/.csv/.md, maps/, curves.png.")
 PROTOCOL = typer.Option(
     "nsa", help="nsa: the paper's (side px, mean score); mvtec: native size, max score."
 )
@@ -79,7 +82,7 @@ def _command(dataset: Dataset) -> Any:
 
 
 def _shared(
-    *, model: Path = MODEL, out: Path = OUT, protocol: str = PROTOCOL, device: str = DEVICE,
+    *, model: str = MODEL, out: str = OUT, protocol: str = PROTOCOL, device: str = DEVICE,
     batch_size: int = BATCH_SIZE, max_pictures: int = MAX_PICTURES, progress: bool = PROGRESS,
 ) -> None:
     """The options every dataset subcommand of nsa-eval shares (its signature is used)."""
@@ -92,10 +95,12 @@ for _dataset in DATASETS.values():
 @app.command()
 def predict(
     images: Path = typer.Option(..., help="Folder of unlabelled images."),
-    model: Path = typer.Option(
-        ..., "--model", help="Run directory written by nsa-train, or its exported model.onnx."
+    model: str = typer.Option(
+        ..., "--model", callback=local_folder,
+        help="Run directory written by nsa-train, or its exported model.onnx.",
     ),
-    out: Path = typer.Option(..., help="Folder for maps/ (.png, .npy) and scores.csv."),
+    out: str = typer.Option(..., callback=local_folder,
+                            help="Folder for maps/ (.png, .npy) and scores.csv."),
     device: str = DEVICE, batch_size: int = BATCH_SIZE, progress: bool = PROGRESS,
     threshold: float = typer.Option(
         None, help="Image threshold on score_mean in [0, 1] (default: the calibrated one)."
@@ -113,7 +118,7 @@ def predict(
 
 @app.command()
 def calibrate(
-    model: Path = MODEL,
+    model: str = MODEL,
     good: str = typer.Option(
         ..., help="Held-out good images: a folder, a text file listing image paths, or "
         "elpv:TYPE (the calibration half of the held-out functional cells)."

@@ -313,6 +313,21 @@ def _error_code(exc: BaseException) -> str | None:
     return response.get("Error", {}).get("Code")
 
 
+def local_folder(value: str | None) -> Path | None:
+    """A typer callback for an option that takes a local path only (``nsa-train --out``,
+    ``nsa-eval --model``): the path, or a usage error (one line, exit 2) for a URL, which
+    a ``Path`` option would otherwise turn into a folder named ``s3:``. The option's type
+    must be ``str``, so that the error shows the URL as typed."""
+    if value is None:
+        return None
+    if "://" in value or _MISTYPED_URL.match(value):
+        import typer
+
+        raise typer.BadParameter(f"{value!r} is a URL; this option takes a local path (stores "
+                                 "may be s3:// URLs, and nsa-pipeline's out)")
+    return Path(value)
+
+
 def is_url(where: str | Path) -> bool:
     return isinstance(where, str) and where.startswith(S3_SCHEME)
 

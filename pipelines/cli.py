@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import typer
@@ -54,6 +55,7 @@ def run(
         tables = [str(md), str(csv_path)]
         if parsed.out_url is not None:
             tables = send_files(parsed.out_url, parsed.out, [md.name, csv_path.name])
+            shutil.rmtree(parsed.out, ignore_errors=True)  # the staging folder
         for outcome in outcomes:
             ran = ", ".join(outcome.ran) or "nothing (all done before)"
             status = f"FAILED: {outcome.error}" if outcome.error else f"ran {ran}"

@@ -194,6 +194,8 @@ class PipelineConfig:
     #: The output root when it is an s3:// URL; ``out`` is then this machine's staging
     #: folder for it (see :mod:`nsa.pipelines.remote_out`).
     out_url: str | None = None
+    #: How messages name the output root: ``"<config>: out"``, or ``"--out"`` when given so.
+    out_named: str = "out"
 
     @property
     def categories(self) -> list[str]:
@@ -410,18 +412,22 @@ def load_config(path: str | Path, out: str | Path | None = None) -> PipelineConf
     root = out if out is not None else parsed.out
     if root is None:
         raise ConfigError(f"{path}: out: missing (set out = \"...\" or pass --out)")
-    out_url = None
-    if is_url(str(root)):
+    out_named = "--out" if out is not None else f"{path}: out"
+    try:  # a mistyped URL (s3:/b/x, S3://b/x) must not become a local folder
+        parse_location(str(root))
+    except UserError as exc:
+        raise ConfigError(f"{out_named}: {exc}") from None
+    if parsed.generate.stores is not None:
         try:
-            parse_location(str(root))
+            parse_location(parsed.generate.stores)
         except UserError as exc:
-            raise ConfigError(f"{path}: out: {exc}") from None
-        out_url = str(root).rstrip("/")
+            raise ConfigError(f"{path}: [generate] stores: {exc}") from None
+    out_url = str(root).rstrip("/") if is_url(str(root)) else None
     return PipelineConfig(
         path=path, out=staging_root(out_url) if out_url else Path(root),
         seeds=list(parsed.seeds), source=parsed.source,
         generate=parsed.generate, train=parsed.train, evaluate=parsed.evaluate,
-        settings=settings, out_url=out_url,
+        settings=settings, out_url=out_url, out_named=out_named,
     )
 
 
@@ -435,7 +441,7 @@ def check_inputs(config: PipelineConfig) -> None:
         try:
             parse_location(config.out_url).check()
         except UserError as exc:
-            raise ConfigError(f"{config.path}: out: {exc}") from None
+            raise ConfigError(f"{config.out_named}: {exc}") from None
     if config.generate.stores is not None:  # an object store: credentials, bucket, server
         try:
             parse_location(config.jobs()[0].store).check()

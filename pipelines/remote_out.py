@@ -7,11 +7,14 @@ temporary folder), and the bucket is the record:
 
 - Before a job's stages run (the driver's generate, and the train-and-evaluate task on
   whichever node Ray runs it), :func:`fetch_job` empties the job's staging folder and
-  copies down its stage markers, ``run/`` when training has started (so an interrupted
-  run resumes exactly, on any node) and ``eval/metrics.json`` when the evaluation is done.
+  copies down its stage markers, ``run/`` when training has started (with its checkpoint
+  only while training is unfinished, so that it resumes exactly, on any node) and
+  ``eval/metrics.json`` when the evaluation is done. The task removes the job's staging
+  folder once it has sent its work back.
 - Afterwards, also when a stage failed, :func:`send_job` sends back the work of every
   stage whose marker changed: first its output folder (``run/``, ``eval/``), replacing
-  the bucket's, then the marker. A stage writes its marker as done only after its
+  the bucket's, and the evaluation's thresholds in ``run/calibration.json``, then the
+  marker. A stage writes its marker as done only after its
   outputs, and the marker goes up after them, so a marker in the bucket never claims more
   than the bucket holds. A process killed before it sends loses only its own work.
 - The pipeline log and the summary tables are copied down first and sent back last by
@@ -32,10 +35,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from nsa.evaluate.calibration import CALIBRATION_FILE
+from nsa.train.checkpoint import CHECKPOINT_FILE
+
 from nsa.locations import S3Location, parse_location, s3_failures
 
 #: Stage -> the folder of its output inside a job's folder (generate's is the store).
 OUTPUTS = {"train": "run", "evaluate": "eval"}
+#: Files a stage writes outside its own folder: the evaluation of a layout that calibrates
+#: (ELPV) records its thresholds in the run.
+ALSO_WRITES = {"evaluate": (f"run/{CALIBRATION_FILE}",)}
+#: What a run's checkpoints are named (``checkpoint.pt``): fetched only to resume.
+CHECKPOINT_STEM = Path(CHECKPOINT_FILE).stem
 STAGES = ("generate", "train", "evaluate")
 
 Markers = dict[str, bytes | None]
@@ -78,7 +89,9 @@ def fetch_job(url: str, relative: str, job_dir: Path, outputs: bool = True) -> M
         markers = {f"{stage}.json" for stage in STAGES} & set(keys)
         wanted = sorted(markers)
         if outputs and "train.json" in markers:
-            wanted += [key for key in keys if key.startswith("run/")]
+            finished = _done(_read(location, "train.json"))  # then no checkpoint is needed
+            wanted += [key for key in keys if key.startswith("run/")
+                       and not (finished and key.startswith(f"run/{CHECKPOINT_STEM}"))]
         if outputs and "evaluate.json" in markers and "eval/metrics.json" in keys:
             wanted.append("eval/metrics.json")
         fs = location.filesystem()
@@ -107,8 +120,15 @@ def send_job(url: str, relative: str, job_dir: Path, fetched: Markers) -> list[s
                 if old:
                     fs.rm(old)
                 _put_tree(fs, job_dir / folder, f"{location.fs_path}/{folder}")
+            for extra in ALSO_WRITES.get(stage, ()):
+                if (job_dir / extra).is_file():
+                    fs.put_file(str(job_dir / extra), f"{location.fs_path}/{extra}")
             fs.put_file(str(job_dir / f"{stage}.json"), f"{location.fs_path}/{stage}.json")
     return changed
+
+
+def _read(location: S3Location, key: str) -> bytes:
+    return bytes(location.filesystem().cat_file(f"{location.fs_path}/{key}"))
 
 
 def _done(marker: bytes | None) -> bool:

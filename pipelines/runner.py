@@ -78,6 +78,7 @@ def _train_and_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
         finally:
             if fetched is not None:
                 send_job(config.out_url, plan.job.name, plan.job.directory, fetched)
+                shutil.rmtree(plan.job.directory, ignore_errors=True)
     except Exception as exc:  # one failed job must not stop the others
         return passed, None, _error_line(exc)
 

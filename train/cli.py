@@ -12,6 +12,7 @@ from nsa.train.trainer import TrainConfig, train
 from nsa.cli_app import App
 from nsa.default_command import DefaultCommandGroup
 from nsa.errors import UserError, cli_errors
+from nsa.locations import local_folder
 from nsa.version_option import show_version
 
 app = App(
@@ -43,13 +44,14 @@ def main(
         help="Store(s) to train on (folders or s3:// URLs): --shards A B C (or repeat --shards).",
     ),
     more_shards: list[str] = typer.Argument(None, hidden=True, metavar="[STORE]..."),
-    out: Path = typer.Option(
-        None,
+    out: str = typer.Option(
+        None, callback=local_folder,
         help="New run directory (default: runs/ and the store's name without .zarr; with "
         "several stores their names joined by '+').",
     ),
-    resume: Path = typer.Option(
-        None, help="Continue the run in this directory exactly where its checkpoint left it.",
+    resume: str = typer.Option(
+        None, callback=local_folder,
+        help="Continue the run in this directory exactly where its checkpoint left it.",
     ),
     epochs: int = typer.Option(None, help="Passes over the stores (give this or --steps)."),
     steps: int = typer.Option(None, help="Optimiser steps (give this or --epochs)."),

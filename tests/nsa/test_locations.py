@@ -175,3 +175,25 @@ def test_a_store_of_another_format_version_on_s3_is_refused_by_every_reader(s3_b
         result = CliRunner().invoke(app, args)
         _one_error_line(result, url, expected.removeprefix(f"{url}: "))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("app", "args", "option", "url"), [
+    ("train", ["--shards", "s3://b/x.zarr", "--out", "s3://b/run"], "--out", "s3://b/run"),
+    ("train", ["--resume", "s3:/b/run"], "--resume", "s3:/b/run"),
+    ("eval", ["folder", "--good", "g", "--model", "S3://b/run", "--out", "o"], "--model",
+     "S3://b/run"),
+    ("eval", ["predict", "--images", "i", "--model", "m", "--out", "s3://b/p"], "--out",
+     "s3://b/p"),
+])
+def test_options_that_take_a_local_path_refuse_a_url_in_one_line(tmp_path, monkeypatch, capsys,
+                                                                  app, args, option, url):
+    from nsa.evaluate.cli import app as eval_app
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        (eval_app if app == "eval" else train_app)(args=args, prog_name="prog")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"error: Invalid value for '{option}': '{url}' is a URL; this option takes a local path")
+    assert list(tmp_path.iterdir()) == []  # no folder named s3: or S3:

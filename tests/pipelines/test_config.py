@@ -284,3 +284,24 @@ def test_an_output_root_that_cannot_be_made_is_one_error_line(tmp_path, mvtec_ro
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--no-progress"])
     assert result.exit_code == 2, result.output
     assert result.stderr == f"error: {out}: not a directory\n"
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    ("--out", "s3:/nsa/x", "--out: s3:/nsa/x: a URL needs '://' after its scheme"),
+    ("--out", "S3://nsa/x", "--out: S3://nsa/x: only local paths and s3:// URLs"),
+    ("out", "s3:/nsa/x", "c.toml: out: s3:/nsa/x: a URL needs '://' after its scheme"),
+    ("stores", "s3:/nsa/st", "c.toml: [generate] stores: s3:/nsa/st: a URL needs '://'"),
+])
+def test_a_mistyped_url_is_one_error_line_not_a_local_folder(tmp_path, monkeypatch, where,
+                                                             value, message):
+    monkeypatch.chdir(tmp_path)
+    text = BASE.replace("[generate]\n", f'[generate]\nstores = "{value}"\n') \
+        if where == "stores" else BASE.replace('out = "o"', f'out = "{value}"') \
+        if where == "out" else BASE
+    config = write(tmp_path, text)
+    args = ["--out", value] if where == "--out" else []
+    result = CliRunner().invoke(app, ["run", str(config), *args, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]  # no s3: folder

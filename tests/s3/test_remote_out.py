@@ -89,3 +89,27 @@ def test_an_unfinished_stage_is_sent_again_though_its_marker_did_not_change(s3_b
     assert send_job(url, JOB, job, fetched) == ["train"]
     assert root.filesystem().cat_file(f"{root.fs_path}/{JOB}/run/checkpoint.pt") == b"later"
 
+
+def test_a_finished_training_comes_down_without_its_checkpoint(s3_bucket, tmp_path):
+    url, root = _bucket_with_a_job(s3_bucket)
+    root.put([(f"{JOB}/train.json", _marker(True)), (f"{JOB}/run/model.pt", b"model")])
+    job = tmp_path / JOB
+    fetch_job(url, JOB, job)
+    assert sorted(p.name for p in (job / "run").iterdir()) == ["model.pt", "old.txt"]
+
+
+def test_an_evaluation_sends_its_folder_and_the_thresholds_it_put_in_the_run(s3_bucket,
+                                                                           tmp_path):
+    url, root = _bucket_with_a_job(s3_bucket)
+    job = tmp_path / JOB
+    fetched = fetch_job(url, JOB, job)
+    (job / "eval").mkdir()
+    (job / "eval" / "metrics.json").write_text('{"new": 1}')
+    (job / "run" / "calibration.json").write_text("{}")
+    (job / "evaluate.json").write_bytes(_marker(True))
+    assert send_job(url, JOB, job, fetched) == ["train", "evaluate"]  # train: unfinished
+    keys = root.list_keys()
+    assert f"{JOB}/run/calibration.json" in keys
+    assert f"{JOB}/eval/maps/a.png" not in keys  # the old evaluation's folder is replaced
+    assert root.filesystem().cat_file(f"{root.fs_path}/{JOB}/eval/metrics.json") == b'{"new": 1}'
+
