@@ -71,7 +71,14 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.buffer import default_buffer_prototype
 
 from nsa.errors import CheckFailed, UserError, writing
-from nsa.locations import LocalLocation, Location, S3Location, parse_location, s3_writer_lock
+from nsa.locations import (
+    LocalLocation,
+    Location,
+    S3Location,
+    is_url,
+    parse_location,
+    s3_writer_lock,
+)
 from nsa.progress import progress_bar
 
 FORMAT = "nsa-shards"
@@ -753,7 +760,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                      + (f" ({summary['anomalous'] / written:.1%})" if written else ""),
         "no anomaly because": ", ".join(f"{k} {v}" for k, v in summary["skipped"].items())
                               or "-",
-        "on disk": f"{summary['bytes'] / 1e6:,.1f} MB"
+        ("in the bucket" if is_url(str(summary["path"])) else "on disk"):
+            f"{summary['bytes'] / 1e6:,.1f} MB"
                    + (f" ({summary['bytes'] / written / 1e3:,.1f} kB per example)"
                       if written else ""),
         "created": summary["created"],

@@ -69,6 +69,9 @@ def test_a_store_on_s3_is_written_read_verified_and_refused_while_incomplete(s3_
     assert store.path == url and np.all(store.read_chunk(1).images == 1)
     assert shards.verify_store(url) == 2
     assert store.summary()["bytes"] > 0
+    size_line = next(line for line in shards.format_summary(store.summary()).splitlines()
+                     if " MB" in line)
+    assert size_line.startswith("in the bucket:")  # not "on disk"
 
 
 def test_what_a_killed_creation_left_on_s3_is_not_a_store_and_is_cleared(s3_bucket):
