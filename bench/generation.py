@@ -6,7 +6,10 @@ machine; every rate is the best of 3 runs:
 1. the engine alone: ``make_example`` in a loop in this process (examples/s), and the same
    loop in 2 processes at once (no Ray, no store): what this machine's cores deliver in
    parallel, the ceiling for 2 workers (on a virtual machine whose 2 vCPUs share a
-   physical core, or under other tenants' load, it is well below twice one process);
+   physical core, or under other tenants' load, it is well below twice one process); the
+   one-process loop is timed again between and after the timed runs of 2., and each of
+   those runs is compared with the mean of the engine rates around it (on a shared virtual
+   machine the speed of the same loop drifts by a third over minutes);
 2. the generation phase of ``nsa-gen`` (``run_shards``: Ray tasks making, compressing and
    writing whole shards) with 1 and with 2 workers, in a warm Ray session, so Ray's
    start, worker start-up and image loading are not counted; the timed stores have the
@@ -320,12 +323,16 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="nsa-bench-gen-"))
     try:
-        engine, engine_cpu = engine_rate(args.cell_type, args.size, args.engine_n)
+        # The engine is timed before, between and after the timed runs, and each run is
+        # compared with the two around it: this machine's speed drifts over minutes.
+        engines = [engine_rate(args.cell_type, args.size, args.engine_n)]
         parallel, parallel_cpu = parallel_engine_rate(args.cell_type, args.size,
                                                       args.engine_n, 2)
         path = store_path_cpu(args.cell_type, args.size, shard_chunks, work)
         one_run = generation_rate(args.cell_type, args.size, args.n, 1, work, shard_chunks)
+        engines.append(engine_rate(args.cell_type, args.size, args.engine_n))
         two_run = generation_rate(args.cell_type, args.size, args.n, 2, work, shard_chunks)
+        engines.append(engine_rate(args.cell_type, args.size, args.engine_n))
         one, two = one_run.rate, two_run.rate
         store = work / "w2-0.zarr"
         on_disk = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
@@ -337,22 +344,28 @@ def main() -> None:
           f"chunks of {shards.DEFAULT_CHUNK_SIZE}, CPUs: {os.cpu_count()}, "
           f"load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} "
           "(other processes' load distorts the 2-worker figures)")
-    print(f"engine, 1 process, make_example loop: {engine:8.1f} examples/s")
+    engine_one, engine_two = ((engines[k][0] + engines[k + 1][0]) / 2 for k in (0, 1))
+    cpu_one, cpu_two = ((engines[k][1] + engines[k + 1][1]) / 2 for k in (0, 1))
+    print("engine, 1 process, make_example loop: "
+          + " / ".join(f"{rate:.1f}" for rate, _ in engines)
+          + " examples/s (before / between / after the timed runs; each run is compared "
+          "with the mean of the two around it)")
     print(f"engine, 2 processes at once:          {parallel:8.1f} examples/s "
-          f"({parallel / engine:.2f}x one process: this machine's parallel ceiling)")
+          f"({parallel / engines[0][0]:.2f}x one process: this machine's parallel ceiling)")
     print(f"nsa-gen generation, 1 worker:          {one:8.1f} examples/s "
-          f"({one / engine:.0%} of the engine)")
+          f"({one / engine_one:.0%} of the engine)")
     print(f"nsa-gen generation, 2 workers:         {two:8.1f} examples/s")
     print(f"scaling 1 -> 2 workers:                {two / one:8.2f}x")
-    print(f"2 workers vs 2x the engine:            {two / (2 * engine):8.0%}")
+    print(f"2 workers vs 2x the engine:            {two / (2 * engine_two):8.0%}")
     print(f"2 workers vs 2 engine processes:       {two / parallel:8.0%}")
-    print(f"CPU per example, engine:               {engine_cpu:8.3f} ms "
-          f"(2 processes at once: {parallel_cpu:.3f} ms)")
+    print("CPU per example, engine:               "
+          + " / ".join(f"{cpu:.3f}" for _, cpu in engines)
+          + f" ms (2 processes at once: {parallel_cpu:.3f} ms)")
     stored = path.fill_ms + path.write_ms
     print(f"CPU per example, 1 process, no Ray:   engine {path.engine_ms:.3f} ms, filling a "
           f"shard's arrays +{path.fill_ms - path.engine_ms:.3f} ms, checksums and writing "
           f"+{path.write_ms:.3f} ms: engine / all {path.engine_ms / stored:.0%}")
-    for count, run in ((1, one_run), (2, two_run)):
+    for count, run, engine_cpu in ((1, one_run, cpu_one), (2, two_run, cpu_two)):
         total = run.worker_cpu_ms + run.other_cpu_ms
         print(f"CPU per example, {count} worker{'s' * (count > 1)}:{' ' * (count == 1)}          "
               f"{total:8.3f} ms (workers {run.worker_cpu_ms:.3f}, Ray's other processes and "
