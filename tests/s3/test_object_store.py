@@ -96,11 +96,12 @@ def test_an_s3_store_by_2_ray_workers_killed_and_resumed_equals_a_local_one_and_
     assert [s["path"] for s in recorded["stores"]] == [url]
 
 
-def test_a_pipeline_keeps_its_stores_on_s3(mvtec_root, local_ray, s3_bucket, tmp_path):
+def _widget_config(path: Path, mvtec_root: Path, out: str, generate: str = "") -> Path:
+    """A 1-job pipeline config at ``path``: the bottle images as folder source "widget",
+    32 examples of 64 px, 2 training steps on the CPU; ``generate`` adds [generate] keys."""
     category = mvtec_root / CATEGORY
-    config = tmp_path / "widget.toml"
-    config.write_text(f"""
-out = "{tmp_path / 'out'}"
+    path.write_text(f"""
+out = "{out}"
 seeds = [0]
 
 [source]
@@ -116,10 +117,8 @@ preset = "bottle"
 n = 32
 size = 64
 chunk_size = 16
-workers = 2
-stores = "{s3_bucket}/nsa"
 overrides = {{ augment = {{ rotate = 5, center_crop = 64, crop = 64 }} }}
-
+{generate}
 [train]
 steps = 2
 batch_size = 8
@@ -129,6 +128,12 @@ loader_workers = 0
 [evaluate]
 max_pictures = 1
 """)
+    return path
+
+
+def test_a_pipeline_keeps_its_stores_on_s3(mvtec_root, local_ray, s3_bucket, tmp_path):
+    config = _widget_config(tmp_path / "widget.toml", mvtec_root, str(tmp_path / "out"),
+                            f'workers = 2\nstores = "{s3_bucket}/nsa"\n')
     (first,) = run_pipeline(load_config(config), progress=False)
     assert first.error is None and first.ran == ["generate", "train", "evaluate"]
     url = f"{s3_bucket}/nsa/widget/seed0.zarr"
@@ -151,36 +156,7 @@ def test_a_pipeline_whose_out_is_on_s3_keeps_everything_there_for_any_machine(
     from nsa.pipelines.remote_out import staging_root
     from typer.testing import CliRunner
 
-    category = mvtec_root / CATEGORY
-    config = tmp_path / "widget.toml"
-    config.write_text(f"""
-out = "{tmp_path / 'not-used'}"
-seeds = [0]
-
-[source]
-kind = "folder"
-root = "{category / 'train' / 'good'}"
-name = "widget"
-test_good = "{category / 'test' / 'good'}"
-test_defects = ["{category / 'test' / 'broken_large'}"]
-test_masks = "{category / 'ground_truth' / 'broken_large'}"
-
-[generate]
-preset = "bottle"
-n = 32
-size = 64
-chunk_size = 16
-overrides = {{ augment = {{ rotate = 5, center_crop = 64, crop = 64 }} }}
-
-[train]
-steps = 2
-batch_size = 8
-device = "cpu"
-loader_workers = 0
-
-[evaluate]
-max_pictures = 1
-""")
+    config = _widget_config(tmp_path / "widget.toml", mvtec_root, str(tmp_path / "not-used"))
     out = f"{s3_bucket}/runs/"
     root = parse_location(f"{s3_bucket}/runs")
     result = CliRunner().invoke(app, ["run", str(config), "--out", out, "--no-progress"])
