@@ -5,6 +5,9 @@ so with ``out = "s3://BUCKET/PREFIX"`` each process works in a local copy of the
 the output it needs, its *staging folder* (:func:`staging_root`, under the system's
 temporary folder), and the bucket is the record:
 
+- A job whose training and evaluation are both done in the bucket with the same settings
+  (markers, the run's model and config, the metrics) is taken as it is: only its markers
+  and metrics are copied down.
 - Before a job's stages run (the driver's generate, and the train-and-evaluate task on
   whichever node Ray runs it), :func:`fetch_job` empties the job's staging folder and
   copies down its stage markers, ``run/`` when training has started (with its checkpoint
@@ -153,10 +156,18 @@ def fetch_files(url: str, root: Path, names: Iterable[str]) -> None:
     with s3_failures(location):
         fs = location.filesystem()
         for name in names:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             try:
                 fs.get_file(f"{location.fs_path}/{name}", str(root / name))
             except FileNotFoundError:
                 continue
+
+
+def present(url: str, relative: str, keys: Iterable[str]) -> bool:
+    """Whether every object ``url/relative/KEY`` exists (one listing, nothing copied)."""
+    location = _location(url, relative)
+    with s3_failures(location):
+        return set(keys) <= set(location.list_keys())
 
 
 def send_files(url: str, root: Path, names: Iterable[str]) -> list[str]:

@@ -22,13 +22,30 @@ from pathlib import Path
 from typing import Any
 
 from nsa.pipelines.config import PipelineConfig, check_inputs
-from nsa.pipelines.remote_out import fetch_files, fetch_job, send_files, send_job
-from nsa.pipelines.stages import JobPlan, plan_job, run_evaluate, run_generate, run_train
+from nsa.pipelines.markers import StageState, output_id, stage_state
+from nsa.pipelines.remote_out import (
+    fetch_files,
+    fetch_job,
+    present,
+    send_files,
+    send_job,
+)
+from nsa.pipelines.stages import (
+    JobPlan,
+    plan_job,
+    read_metrics,
+    run_evaluate,
+    run_generate,
+    run_train,
+)
+from nsa.train.checkpoint import CONFIG_FILE, MODEL_FILE
 
 from nsa.errors import UserError, os_error, writing
 from nsa.ray_session import ray_session
 
 LOG_FILE = "pipeline-log.jsonl"
+#: A job's metrics, under its folder.
+METRICS_JSON = "eval/metrics.json"
 
 
 @dataclass
@@ -69,6 +86,10 @@ def _train_and_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
     fetched = None
     try:
         if config.out_url is not None:
+            metrics = _done_in_bucket(config.out_url, plan)
+            if metrics is not None:
+                shutil.rmtree(plan.job.directory, ignore_errors=True)
+                return [("train", False), ("evaluate", False)], metrics, None
             fetched = fetch_job(config.out_url, plan.job.name, plan.job.directory)
         try:
             passed.append(("train", run_train(plan, progress)))
@@ -81,6 +102,25 @@ def _train_and_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
                 shutil.rmtree(plan.job.directory, ignore_errors=True)
     except Exception as exc:  # one failed job must not stop the others
         return passed, None, _error_line(exc)
+
+
+def _done_in_bucket(url: str, plan: JobPlan) -> dict[str, Any] | None:
+    """The metrics of a job whose training and evaluation are both done in the bucket at
+    ``url`` with these settings, or None. The done-checks of ``run_train`` and
+    ``run_evaluate``, made on the markers and the names of the run's files, so that a
+    re-run with nothing to do copies down no model (tens of MB a job)."""
+    job_dir = plan.job.directory
+    fetch_job(url, plan.job.name, job_dir, outputs=False)
+    trained = stage_state(job_dir, "train", plan.hashes["train"],
+                          output_id(job_dir, "generate"))
+    evaluated = stage_state(job_dir, "evaluate", plan.hashes["evaluate"],
+                            output_id(job_dir, "train"))
+    if trained is not StageState.DONE or evaluated is not StageState.DONE:
+        return None
+    if not present(url, plan.job.name, [f"run/{MODEL_FILE}", f"run/{CONFIG_FILE}"]):
+        return None
+    fetch_files(f"{url}/{plan.job.name}", job_dir, [METRICS_JSON])
+    return read_metrics(job_dir / METRICS_JSON)
 
 
 def _generate(config: PipelineConfig, plan: JobPlan, progress: bool) -> bool:

@@ -148,7 +148,7 @@ def test_a_pipeline_keeps_its_stores_on_s3(mvtec_root, local_ray, s3_bucket, tmp
 
 
 def test_a_pipeline_whose_out_is_on_s3_keeps_everything_there_for_any_machine(
-        mvtec_root, local_ray, s3_bucket, tmp_path):
+        mvtec_root, local_ray, s3_bucket, tmp_path, monkeypatch):
     """With ``--out s3://...`` the markers, store, run, evaluation, log and summary are in
     the bucket; a machine with none of the local staging folders finds every stage done,
     and one whose evaluation marker is gone evaluates the run it copies down."""
@@ -177,9 +177,17 @@ def test_a_pipeline_whose_out_is_on_s3_keeps_everything_there_for_any_machine(
     metrics = json.loads(fs.cat_file(f"{root.fs_path}/{job}/eval/metrics.json"))
 
     shutil.rmtree(staging_root(out.rstrip("/")), ignore_errors=True)  # as on another machine
-    (second,) = run_pipeline(load_config(config, out), progress=False)
+    fetched: list[str] = []
+    real_get = fs.get_file  # s3fs instances are cached: the pipeline's is this one
+    with monkeypatch.context() as spying:
+        spying.setattr(fs, "get_file", lambda rpath, lpath, *args, **kwargs: (
+            fetched.append(rpath.rsplit(f"{job}/", 1)[-1]),
+            real_get(rpath, lpath, *args, **kwargs)))
+        (second,) = run_pipeline(load_config(config, out), progress=False)
     assert second.error is None and second.ran == []
     assert second.metrics == metrics
+    assert "eval/metrics.json" in fetched
+    assert not [key for key in fetched if key.startswith("run/")]  # no model copied down
 
     shutil.rmtree(staging_root(out.rstrip("/")), ignore_errors=True)
     fs.rm_file(f"{root.fs_path}/{job}/evaluate.json")
