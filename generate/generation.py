@@ -381,8 +381,15 @@ def run_shards(store: shards.Store, sources: SourceSet, settings: dict[str, Any]
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             shard = in_flight.pop(ready[0])
             bar.advance(bar_task, _result(ready[0], store, shard))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Terminated: the command ends
+        # Its tasks end with it: ray.shutdown stops a local Ray's workers, a cluster ends a
+        # job's tasks when its driver exits. Cancelling them here raced with the reply of a
+        # task finishing at that moment and aborted Ray's core worker ("Tried to complete
+        # task that was not pending", ray 2.60; ray-project/ray#54798): exit 1, not 130.
+        in_flight.clear()
+        raise
     finally:
-        for ref in in_flight:
+        for ref in in_flight:  # after a failed task: the run's other tasks stop writing
             ray.cancel(ref, force=True)
         bar.stop()
 
