@@ -90,18 +90,23 @@ def fetch_job(url: str, relative: str, job_dir: Path, outputs: bool = True) -> M
     with s3_failures(location):
         keys = location.list_keys()
         markers = {f"{stage}.json" for stage in STAGES} & set(keys)
-        wanted = sorted(markers)
-        if outputs and "train.json" in markers:
-            finished = _done(_read(location, "train.json"))  # then no checkpoint is needed
-            wanted += [key for key in keys if key.startswith("run/")
-                       and not (finished and key.startswith(f"run/{CHECKPOINT_STEM}"))]
-        if outputs and "evaluate.json" in markers and "eval/metrics.json" in keys:
-            wanted.append("eval/metrics.json")
-        fs = location.filesystem()
-        for key in wanted:
-            (job_dir / key).parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{location.fs_path}/{key}", str(job_dir / key))
-    return _marker_bytes(job_dir)
+        _get(location, job_dir, sorted(markers))
+        fetched = _marker_bytes(job_dir)
+        if outputs and fetched["train"] is not None:
+            finished = _done(fetched["train"])  # then no checkpoint is needed
+            _get(location, job_dir, [
+                key for key in keys if key.startswith("run/")
+                and not (finished and key.startswith(f"run/{CHECKPOINT_STEM}"))])
+        if outputs and fetched["evaluate"] is not None and "eval/metrics.json" in keys:
+            _get(location, job_dir, ["eval/metrics.json"])
+    return fetched
+
+
+def _get(location: S3Location, job_dir: Path, keys: list[str]) -> None:
+    fs = location.filesystem()
+    for key in keys:
+        (job_dir / key).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(f"{location.fs_path}/{key}", str(job_dir / key))
 
 
 def send_job(url: str, relative: str, job_dir: Path, fetched: Markers) -> list[str]:
@@ -128,10 +133,6 @@ def send_job(url: str, relative: str, job_dir: Path, fetched: Markers) -> list[s
                     fs.put_file(str(job_dir / extra), f"{location.fs_path}/{extra}")
             fs.put_file(str(job_dir / f"{stage}.json"), f"{location.fs_path}/{stage}.json")
     return changed
-
-
-def _read(location: S3Location, key: str) -> bytes:
-    return bytes(location.filesystem().cat_file(f"{location.fs_path}/{key}"))
 
 
 def _done(marker: bytes | None) -> bool:
