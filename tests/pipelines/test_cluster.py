@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from nsa.generate import shards
 from nsa.train.checkpoint import CONFIG_FILE, MODEL_FILE
-from ray_head import BIN, ray_head
+from ray_head import BIN, RAY, ray_head
 
 from nsa.locations import parse_location
 
@@ -49,7 +49,7 @@ def _submit(cluster: Cluster, entrypoint: list[str], cwd: Path,
             options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """``ray job submit`` from folder ``cwd``; waits for the job and prints its logs."""
     return subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", cluster.url, *options, "--",
+        [*RAY, "job", "submit", "--address", cluster.url, *options, "--",
          *entrypoint],
         cwd=cwd, capture_output=True, text=True, timeout=600,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},

@@ -17,6 +17,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+#: The ``ray`` command of the Python running the tests: a head started so runs its workers
+#: (and the code under test) with this interpreter and its packages, whatever the
+#: ``ray`` script's shebang names (in a helper's worktree, another checkout's venv).
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 #: Seconds the head's processes get to end after SIGTERM before SIGKILL (a test's head
 #: holds nothing worth a graceful stop).
 STOP_GRACE_S = 5
@@ -51,7 +55,7 @@ def ray_head(env: Mapping[str, str], cwd: Path | None = None) -> Iterator[tuple[
     url = f"http://127.0.0.1:{dashboard}"
     temp = Path(tempfile.mkdtemp(prefix="nsa-rj-", dir="/tmp"))  # Ray's socket paths: short
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--port", str(free_port()),
+        [*RAY, "start", "--head", "--block", "--port", str(free_port()),
          "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0",
          "--disable-usage-stats", "--include-dashboard", "true",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
