@@ -38,6 +38,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One head for the module's jobs, with a ``TMPDIR`` of its own and no S3 settings."""
     tmpdir, cwd = tmp_path_factory.mktemp("head-tmp"), tmp_path_factory.mktemp("head-cwd")
     env = {name: value for name, value in os.environ.items() if name not in _S3_SETTINGS}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", TMPDIR=str(tmpdir))
@@ -47,7 +48,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def _submit(cluster: Cluster, entrypoint: list[str], cwd: Path,
             options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """``ray job submit`` from folder ``cwd``; waits for the job and prints its logs."""
+    """``ray job submit`` from folder ``cwd``: returns when the job has ended, with its
+    logs in stdout."""
     return subprocess.run(
         [*RAY, "job", "submit", "--address", cluster.url, *options, "--",
          *entrypoint],
