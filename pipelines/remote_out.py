@@ -2,8 +2,9 @@
 
 The stages read and write local folders (nsa-train's checkpoints, nsa-eval's pictures),
 so with ``out = "s3://BUCKET/PREFIX"`` each process works in a local copy of the part of
-the output it needs, its *staging folder* (:func:`staging_root`, under the system's
-temporary folder), and the bucket is the record:
+the output it needs, its *staging folder* under its own temporary folder (the driver's is
+:func:`staging_root`; each train-and-evaluate task makes one of its own on the node Ray
+runs it on, and removes it whole), and the bucket is the record:
 
 - A job whose training and evaluation are both done in the bucket with the same settings
   (markers, the run's model and config, the metrics) is taken as it is: only its markers
@@ -12,8 +13,7 @@ temporary folder), and the bucket is the record:
   whichever node Ray runs it), :func:`fetch_job` empties the job's staging folder and
   copies down its stage markers, ``run/`` when training has started (with its checkpoint
   only while training is unfinished, so that it resumes exactly, on any node) and
-  ``eval/metrics.json`` when the evaluation is done. The task removes the job's staging
-  folder once it has sent its work back.
+  ``eval/metrics.json`` when the evaluation is done.
 - Afterwards, also when a stage failed, :func:`send_job` sends back the work of every
   stage whose marker changed: first its output folder (``run/``, ``eval/``), replacing
   the bucket's, and the evaluation's thresholds in ``run/calibration.json``, then the

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,29 +80,39 @@ def _error_line(exc: BaseException) -> str:
 
 def _train_and_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
                         ) -> tuple[list[tuple[str, bool]], dict[str, Any] | None, str | None]:
-    """Train then evaluate one job (in its staging folder when the output root is on S3,
-    sending its work back also when a stage fails). Returns the stages passed, each with
-    whether it did work; the metrics; and the one-line error that stopped the job."""
+    """Train then evaluate one job, in the process (and on the node) Ray runs it in.
+    When the output root is on S3 the job works in a staging folder of its own, made for
+    it in this process's temporary folder (the driver's may not exist on this node) and
+    removed whole at the end, and sends its work back also when a stage fails. Returns
+    the stages passed, each with whether it did work; the metrics; and the one-line error
+    that stopped the job."""
     passed: list[tuple[str, bool]] = []
-    fetched = None
     try:
-        if config.out_url is not None:
+        if config.out_url is None:
+            return _stages(config, plan, progress, passed)
+        with tempfile.TemporaryDirectory(prefix="nsa-pipeline-job-") as staging:
+            plan = replace(plan, job=replace(plan.job,
+                                             directory=Path(staging) / plan.job.name))
             metrics = _done_in_bucket(config.out_url, plan)
             if metrics is not None:
-                shutil.rmtree(plan.job.directory, ignore_errors=True)
                 return [("train", False), ("evaluate", False)], metrics, None
             fetched = fetch_job(config.out_url, plan.job.name, plan.job.directory)
-        try:
-            passed.append(("train", run_train(plan, progress)))
-            evaluated, metrics = run_evaluate(config, plan, progress)
-            passed.append(("evaluate", evaluated))
-            return passed, metrics, None
-        finally:
-            if fetched is not None:
+            try:
+                return _stages(config, plan, progress, passed)
+            finally:
                 send_job(config.out_url, plan.job.name, plan.job.directory, fetched)
-                shutil.rmtree(plan.job.directory, ignore_errors=True)
     except Exception as exc:  # one failed job must not stop the others
         return passed, None, _error_line(exc)
+
+
+def _stages(config: PipelineConfig, plan: JobPlan, progress: bool,
+            passed: list[tuple[str, bool]]
+            ) -> tuple[list[tuple[str, bool]], dict[str, Any] | None, None]:
+    """Train, then evaluate; each stage passed is appended to ``passed`` as it ends."""
+    passed.append(("train", run_train(plan, progress)))
+    evaluated, metrics = run_evaluate(config, plan, progress)
+    passed.append(("evaluate", evaluated))
+    return passed, metrics, None
 
 
 def _done_in_bucket(url: str, plan: JobPlan) -> dict[str, Any] | None:

@@ -203,6 +203,27 @@ def test_a_pipeline_whose_out_is_on_s3_keeps_everything_there_for_any_machine(
         ("generate", False), ("train", False), ("evaluate", False),
         ("generate", False), ("train", False), ("evaluate", True)]
 
+    # the train-and-evaluate task on a node whose temporary folder is not the driver's
+    import tempfile
+
+    from nsa.pipelines.runner import _train_and_evaluate
+    from nsa.pipelines.stages import plan_job
+
+    shutil.rmtree(staging_root(out.rstrip("/")), ignore_errors=True)
+    fs.rm_file(f"{root.fs_path}/{job}/evaluate.json")
+    parsed = load_config(config, out)
+    node = tmp_path / "node-tmp"
+    node.mkdir()
+    with monkeypatch.context() as on_node:
+        on_node.setattr(tempfile, "tempdir", str(node))
+        passed, fourth, error = _train_and_evaluate(parsed, plan_job(parsed, parsed.jobs()[0]),
+                                                    False)
+    assert error is None and passed == [("train", False), ("evaluate", True)]
+    assert fourth["mean"] == metrics["mean"]
+    assert list(node.iterdir()) == []  # its own staging folder, removed whole
+    assert not parsed.out.exists()  # the driver's was never made on this node
+    assert f"{job}/evaluate.json" in set(root.list_keys())
+
 
 def test_a_pipeline_whose_stores_or_out_bucket_is_missing_stops_before_any_job(
         mvtec_root, s3_server, tmp_path, monkeypatch):
