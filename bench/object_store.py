@@ -87,7 +87,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +95,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from nsa.generate import shards
 from nsa.train import data
-from training import loader_rate, write_bench_store
+from training import write_bench_store
 
 from nsa.locations import parse_location
 
@@ -105,12 +105,18 @@ SERVER: list[int] = []
 SERVER_LOG: list[Path] = []
 
 
-def server_cpu_s() -> float:
-    """CPU seconds (user + system) the S3 server started here has used so far."""
-    if not SERVER:
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (0: it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return 0.0
-    fields = Path(f"/proc/{SERVER[0]}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_s() -> float:
+    """CPU seconds the S3 server started here has used so far (0: another server)."""
+    return process_cpu_s(SERVER[0]) if SERVER else 0.0
 
 
 def server_requests() -> int:
@@ -120,11 +126,25 @@ def server_requests() -> int:
     return SERVER_LOG[0].read_text(errors="replace").count(" HTTP/1.1")
 
 
+def _children() -> list[int]:
+    """The pids of this process's live children."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if parent == os.getpid():
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def loader_cpu_s() -> float:
-    """CPU seconds of this process and of its finished DataLoader processes (not the S3
-    server: a child too, but reaped only when it stops)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    """CPU seconds of this process and of its DataLoader processes, running or finished
+    (not the S3 server's: a child too)."""
+    finished = resource.getrusage(resource.RUSAGE_CHILDREN)
+    running = sum(process_cpu_s(pid) for pid in _children() if pid not in SERVER)
+    return time.process_time() + finished.ru_utime + finished.ru_stime + running
 
 
 def cpu_set(text: str) -> set[int]:
@@ -215,26 +235,44 @@ class Epochs:
     server_cpu: list[float] = field(default_factory=list)  # s per epoch, S3 server
     requests: list[int] = field(default_factory=list)  # HTTP requests per epoch
 
+    def measure(self, dataset: data.ShardStream, loader: Iterable[dict], epoch: int) -> None:
+        """Run ``epoch`` of ``loader`` and record what it took."""
+        before = loader_cpu_s(), server_cpu_s(), server_requests()
+        dataset.set_epoch(epoch)
+        start, count = time.perf_counter(), 0
+        for batch in loader:
+            count += len(batch["stacked"])
+        self.rates.append(count / (time.perf_counter() - start))
+        self.loader_cpu.append(loader_cpu_s() - before[0])
+        self.server_cpu.append(server_cpu_s() - before[1])
+        self.requests.append(server_requests() - before[2])
+
 
 def rates(stores: dict[str, str], processes: int, repeats: int, aheads: dict[str, int]
-          ) -> dict[tuple[str, str], Epochs]:
-    """Examples/s, CPU seconds (loader and S3 server) and requests of every epoch per
-    (read-ahead setting, store), after one untimed epoch of each store; runs alternate
+          ) -> tuple[dict[tuple[str, str], Epochs], dict[tuple[str, str], Epochs]]:
+    """Per (read-ahead setting, store): its first epoch, which starts the loader
+    processes (each opens the store, and on S3 makes its client), and ``repeats`` later
+    epochs served by the same processes, as in training. The later epochs alternate
     between settings and stores so that a change in the machine's load hits them alike."""
-    for where in stores.values():
-        loader_rate(where, processes)
-    runs: dict[tuple[str, str], Epochs] = {}
-    for _ in range(repeats):
+    loaders: dict[tuple[str, str], tuple[data.ShardStream, Iterable[dict]]] = {}
+    first: dict[tuple[str, str], Epochs] = {}
+    for setting, ahead in aheads.items():
+        data.PREFETCH_CHUNKS = ahead  # loader processes keep the value they start with
+        for name, where in stores.items():
+            dataset = data.ShardStream(data.open_training_stores([where]), seed=0,
+                                       batch_size=64, shuffle_chunks=8,
+                                       loader_workers=processes)
+            loaders[setting, name] = dataset, data.make_loader(dataset)
+            first[setting, name] = Epochs()
+            first[setting, name].measure(*loaders[setting, name], epoch=0)
+    later: dict[tuple[str, str], Epochs] = {}
+    for repeat in range(repeats):
         for setting, ahead in aheads.items():
-            data.PREFETCH_CHUNKS = ahead
-            for name, where in stores.items():
-                epochs = runs.setdefault((setting, name), Epochs())
-                before = loader_cpu_s(), server_cpu_s(), server_requests()
-                epochs.rates.append(loader_rate(where, processes))
-                epochs.loader_cpu.append(loader_cpu_s() - before[0])
-                epochs.server_cpu.append(server_cpu_s() - before[1])
-                epochs.requests.append(server_requests() - before[2])
-    return runs
+            data.PREFETCH_CHUNKS = ahead  # for --processes 0 (read in this process)
+            for name in stores:
+                later.setdefault((setting, name), Epochs()).measure(
+                    *loaders[setting, name], epoch=1 + repeat)
+    return first, later
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,22 +311,26 @@ def main(argv: list[str] | None = None) -> None:
         write_bench_store(url, args.n, 256, 3, "bottle",  # type: ignore[arg-type]
                           args.shard_chunks)
         settings = {f"read-ahead {ahead} chunks": ahead, "no read-ahead": 0}
-        measured = rates({"disk": local, "s3": url}, args.processes, args.repeats, settings)
+        first, later = rates({"disk": local, "s3": url}, args.processes, args.repeats,
+                             settings)
         shard_chunks = shards.open_store(local).shard_chunks
     print(f"loader alone, {args.n} examples of 256 px RGB ({shard_chunks} chunk(s) of "
           f"{shards.DEFAULT_CHUNK_SIZE} a shard), {args.processes} DataLoader "
-          f"process(es), S3 at {endpoint}; median of {args.repeats} epochs; CPU s per "
-          f"epoch: the loader (this process and its DataLoader processes) and the S3 "
-          f"server; HTTP requests per epoch")
+          f"process(es), S3 at {endpoint}; per epoch: examples/s, CPU s of the loader "
+          f"(this process and its DataLoader processes) and of the S3 server, HTTP "
+          f"requests; the first epoch (starts the loader processes) and the median of "
+          f"{args.repeats} later ones (the same processes)")
     for label in settings:
-        disk, s3 = measured[label, "disk"], measured[label, "s3"]
-        print(f"  {label:<22} disk {statistics.median(disk.rates):7.1f}  s3 "
-              f"{statistics.median(s3.rates):7.1f} examples/s  s3/disk "
-              f"{statistics.median(s3.rates) / statistics.median(disk.rates):.2f}")
-        for name, epochs in (("disk", disk), ("s3", s3)):
-            print(f"  {'':<22} {name:<4} loader {statistics.median(epochs.loader_cpu):5.2f} "
-                  f"CPU s  server {statistics.median(epochs.server_cpu):5.2f} CPU s  "
-                  f"{statistics.median(epochs.requests):5.0f} requests")
+        for when, measured in (("first epoch", first), ("later epochs", later)):
+            disk, s3 = measured[label, "disk"], measured[label, "s3"]
+            rate_disk, rate_s3 = (statistics.median(e.rates) for e in (disk, s3))
+            print(f"  {label:<22} {when:<12} disk {rate_disk:7.1f}  s3 {rate_s3:7.1f} "
+                  f"examples/s  s3/disk {rate_s3 / rate_disk:.2f}")
+            for name, epochs in (("disk", disk), ("s3", s3)):
+                print(f"  {'':<35} {name:<4} loader "
+                      f"{statistics.median(epochs.loader_cpu):5.2f} CPU s  server "
+                      f"{statistics.median(epochs.server_cpu):5.2f} CPU s  "
+                      f"{statistics.median(epochs.requests):5.0f} requests")
     print(f"  ({os.cpu_count()} CPUs here, {cpus}; load average "
           f"{os.getloadavg()[0]:.1f})")
 

@@ -16,6 +16,9 @@ Why it is built this way:
   ``numpy`` Generator seeded with ``(seed, epoch, j, k)``, so skipping does not shift them.
 - Errors met in a worker (a damaged chunk) travel as ``{"error": message}`` items rather
   than exceptions, so the trainer can stop with one line naming the store and chunk.
+- One loader (:func:`make_loader`) serves every epoch: its processes outlive an epoch and
+  read the epoch to serve from shared memory (:meth:`ShardStream.set_epoch`), so each
+  opens the stores, and on S3 makes its client, once per training.
 - Each stream reads its chunks, in the order it will use them, up to
   ``PREFETCH_CHUNKS`` ahead in ``PREFETCH_THREADS`` background threads, so that fetching
   (an S3 GET per array and chunk) overlaps with decoding and augmenting; the chunks and
@@ -27,11 +30,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import multiprocessing
 import shutil
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,7 @@ from nsa.generate.shards import ChunkData, Store, StoreError, open_store
 from nsa.train.augment import AugmentSpec, apply_augment
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from nsa.locations import parse_location
+from nsa.locations import is_url, parse_location
 
 # Domain tags keep the generators of different purposes apart for the same seed.
 _CHUNK_ORDER, _WINDOW_ORDER, _AUGMENT = 0, 1, 2
@@ -215,8 +220,9 @@ class ShardStream(IterableDataset):
         #: Send batches from loader processes as numpy arrays through a pipe rather
         #: than as tensors in shared memory (see :func:`shared_memory_fits`).
         self.through_pipe = False
-        self.epoch = 0
-        self.skip = 0
+        # (epoch, skip) in shared memory: loader processes live for the whole training
+        # (make_loader) and read the epoch to serve when the next iteration starts.
+        self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._open: dict[int, Store] = {}
 
     @property
@@ -238,11 +244,22 @@ class ShardStream(IterableDataset):
         return self.batch_size * (store.channels + 1) * h * w + extra
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Start the next iteration at ``epoch``, after its first ``skip`` batches."""
-        self.epoch = epoch
-        self.skip = skip
+        """Start the next iteration at ``epoch``, after its first ``skip`` batches (also
+        in loader processes already running: call it before iterating the loader)."""
+        self._position[0], self._position[1] = epoch, skip
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @property
+    def skip(self) -> int:
+        return int(self._position[1])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._epoch_batches(self.epoch, self.skip)
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         # Batch s of the epoch is batch s // W of local stream s % W. The DataLoader asks
         # its P processes round-robin, starting with process 0 at batch `skip`, so
         # process i serves batches skip + i, skip + i + P, ... (P = 1 in-process). P is 0
@@ -251,19 +268,24 @@ class ShardStream(IterableDataset):
         worker, processes = (0, 1) if info is None else (info.id, info.num_workers)
         if info is not None and info.num_workers != self.loader_processes:
             raise RuntimeError("DataLoader num_workers differs from the planned processes")
-        plan = self.plan(self.epoch)
+        plan = self.plan(epoch)
         streams = self.loader_workers
         local: dict[int, Iterator[dict[str, Any]]] = {}
         try:
-            for s in range(self.skip + worker, streams * plan.batches_per_stream, processes):
+            for s in range(skip + worker, streams * plan.batches_per_stream, processes):
                 j, k = s % streams, s // streams
                 if j not in local:
                     stream = self.rank * streams + j
-                    local[j] = self._batches(plan.streams[stream], stream,
+                    local[j] = self._batches(plan.streams[stream], epoch, stream,
                                              plan.batches_per_stream, k)
                 yield next(local[j])
         except StoreError as exc:
             yield {"error": str(exc)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a spawned loader process gets: no opened stores (each process opens its
+        own)."""
+        return {**self.__dict__, "_open": {}}
 
     def _store(self, index: int) -> Store:
         if index not in self._open:
@@ -294,7 +316,7 @@ class ShardStream(IterableDataset):
                     future.cancel()
 
     def _load_window(
-        self, window: list[tuple[int, int]], stream: int, index: int,
+        self, window: list[tuple[int, int]], epoch: int, stream: int, index: int,
         reader: Iterator[ChunkData],
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode a window's chunks, taken in turn from ``reader``; return (stacked uint8
@@ -307,12 +329,13 @@ class ShardStream(IterableDataset):
         stacked = np.concatenate(parts).transpose(0, 3, 1, 2)
         owner = np.concatenate(owners)
         perm = np.random.default_rng(
-            [self.seed, _WINDOW_ORDER, self.epoch, stream, index]
+            [self.seed, _WINDOW_ORDER, epoch, stream, index]
         ).permutation(len(owner))
         return np.ascontiguousarray(stacked[perm]), owner[perm]
 
     def _batches(
-        self, chunks: list[tuple[int, int]], stream: int, n_batches: int, skip: int
+        self, chunks: list[tuple[int, int]], epoch: int, stream: int, n_batches: int,
+        skip: int,
     ) -> Iterator[dict[str, Any]]:
         windows = self._windows(chunks)
         sizes = [sum(self.stores[s].chunk_lengths[c] for s, c in w) for w in windows]
@@ -334,17 +357,18 @@ class ShardStream(IterableDataset):
             pieces, owners = [], []
             for w in range(first, last + 1):
                 if w not in loaded:
-                    loaded[w] = self._load_window(windows[w], stream, w, reader)
+                    loaded[w] = self._load_window(windows[w], epoch, stream, w, reader)
                 stacked, owner = loaded[w]
                 a, z = max(lo, starts[w]) - starts[w], min(hi, starts[w + 1]) - starts[w]
                 pieces.append(stacked[a:z])
                 owners.append(owner[a:z])
-            yield self._make_batch(np.concatenate(pieces), np.concatenate(owners), stream, k)
+            yield self._make_batch(np.concatenate(pieces), np.concatenate(owners), epoch,
+                                   stream, k)
 
     def _make_batch(
-        self, stacked: np.ndarray, owner: np.ndarray, stream: int, k: int
+        self, stacked: np.ndarray, owner: np.ndarray, epoch: int, stream: int, k: int
     ) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, _AUGMENT, self.epoch, stream, k])
+        rng = np.random.default_rng([self.seed, _AUGMENT, epoch, stream, k])
         params = np.concatenate([self.stores[s].augment.draw(rng, 1) for s in owner])
         tensor = torch.from_numpy(stacked)
         if self.augment_in_loader:
@@ -393,20 +417,47 @@ def _freeze_inherited(worker: int) -> None:
     gc.freeze()
 
 
-def make_loader(dataset: ShardStream, pin_memory: bool = False) -> Iterable[dict[str, Any]]:
-    """The batches of ``dataset``'s current epoch, read by its planned number of loader
-    processes (0: in the training process; the batches are the same either way).
+class _AsTensors:
+    """A loader's numpy batches as tensors, for every iteration of it."""
 
-    With ``dataset.through_pipe`` the processes send numpy arrays through a pipe instead
-    of shared memory; they come out as tensors all the same.
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (_as_tensors(batch) for batch in self.loader)
+
+
+def _process_start(dataset: ShardStream) -> BaseContext | None:
+    """How loader processes start: forked (None: torch's default) for stores on disk;
+    spawned, as fresh interpreters, when a store is on S3. The S3 reader (obstore) runs
+    its requests on a Rust (tokio) runtime that does not survive ``fork`` once used, and
+    the training process has used it to open the stores: a forked child's reads hang for
+    good. A spawned process costs about 4 CPU s of imports, once per training (the
+    processes serve every epoch), and starts with this process's environment, working
+    folder and CPUs as they are now (a fork server's children would get the server's)."""
+    if not any(is_url(store.path) for store in dataset.stores):
+        return None
+    return multiprocessing.get_context("spawn")
+
+
+def make_loader(dataset: ShardStream, pin_memory: bool = False) -> Iterable[dict[str, Any]]:
+    """The loader of ``dataset``: each iteration gives the batches of the epoch last set
+    with :meth:`ShardStream.set_epoch`, read by the planned number of loader processes
+    (0: in the training process; the batches are the same either way).
+
+    The processes start with the first iteration and serve every later one (each keeps
+    its opened stores, their checksums and, on S3, its client: a new process an epoch
+    paid 0.14 CPU s for a client and 17 requests to open a store again); they end when
+    the loader is garbage collected. With ``dataset.through_pipe`` they send numpy arrays
+    through a pipe instead of shared memory; they come out as tensors all the same.
     """
     processes = dataset.loader_processes
     loader = DataLoader(
         dataset, batch_size=None, num_workers=processes, pin_memory=pin_memory,
         prefetch_factor=PREFETCH if processes else None,
+        persistent_workers=processes > 0,
+        multiprocessing_context=_process_start(dataset) if processes else None,
         collate_fn=_unchanged if dataset.through_pipe else None,
         worker_init_fn=_freeze_inherited if processes else None,
     )
-    if not dataset.through_pipe:
-        return loader
-    return (_as_tensors(batch) for batch in loader)
+    return _AsTensors(loader) if dataset.through_pipe else loader

@@ -468,14 +468,16 @@ class Run:
         return loss.detach()
 
     def batches(self):
-        """Yield batches from the saved position on, epoch after epoch, until the end."""
+        """Yield batches from the saved position on, epoch after epoch, until the end
+        (one loader, whose processes serve every epoch)."""
+        loader = make_loader(self.dataset, pin_memory=self.cuda)
         while self.step < self.total:
             in_epoch = self.dataset.steps_in_epoch(self.epoch)
             if self.position >= in_epoch:
                 self.epoch, self.position = self.epoch + 1, 0
                 continue
             self.dataset.set_epoch(self.epoch, self.position)
-            for batch in make_loader(self.dataset, pin_memory=self.cuda):
+            for batch in loader:
                 if "error" in batch:
                     raise StoreError(batch["error"])
                 yield batch

@@ -46,5 +46,5 @@ def test_the_loader_and_the_server_run_on_the_cpus_given_and_cpus_are_restored(
     bench.main(["--n", "64", "--repeats", "1", "--loader-cpus", cpu, "--server-cpus", cpu])
     out = capsys.readouterr().out
     assert f"loader on CPUs {cpu}, S3 server on CPUs {cpu};" in out
-    assert out.count("s3/disk") == 2
+    assert out.count("s3/disk") == 4
     assert bench.cpus_of() == before

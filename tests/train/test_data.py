@@ -141,6 +141,46 @@ def test_batches_do_not_depend_on_how_the_streams_are_read(tiny_store, processes
     assert _epoch(other, 1, skip=5) == full[5:]
 
 
+def _children() -> set[int]:
+    """The pids of this process's live children (from /proc)."""
+    import os
+    from pathlib import Path
+
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def test_one_loader_serves_every_epoch_with_the_same_processes(tiny_store):
+    """The loader processes outlive an epoch, and each iteration serves the epoch (and
+    skip) set since, exactly as a new loader would."""
+    fresh = {(epoch, skip): _epoch(_stream([tiny_store], loader_workers=2, batch_size=4),
+                                   epoch, skip) for epoch, skip in ((0, 3), (1, 0), (2, 0))}
+    assert fresh[1, 0] != fresh[2, 0]
+    before = _children()
+    dataset = _stream([tiny_store], loader_workers=2, batch_size=4)
+    loader = make_loader(dataset)
+    workers = None
+    for (epoch, skip), expected in fresh.items():
+        dataset.set_epoch(epoch, skip)
+        assert _ids(loader) == expected
+        if workers is None:
+            workers = _children() - before
+            assert len(workers) == 2
+        assert _children() - before == workers
+    del loader
+    import gc
+
+    gc.collect()
+    assert not _children() & workers  # gone with the loader
+
+
 def test_shared_memory_check_counts_the_batches_the_processes_hold(tiny_store, tmp_path):
     dataset = _stream([tiny_store], loader_workers=2, batch_size=8)
     assert dataset.batch_bytes() == 8 * 2 * 32 * 32
