@@ -21,57 +21,36 @@ credentials be in the environment).
 
 Run: ``.venv/bin/python bench/object_store.py`` (1 to 2 minutes on 2 cores at ``--n 512``).
 
-Measured 2026-11-30 (``--repeats 3``, 8 chunks an epoch at ``--n 512``, 32 at 2048; 2
-cores shared with the lead's benchmarks; medians per epoch with read-ahead; "before":
-botocore's default CRCs on every request, "after": only where S3 requires them
-(``nsa.locations.CLIENT_CHECKSUMS``); "shared": both cores for loader and moto, "pinned":
-``--loader-cpus 0 --server-cpus 1``; in the order run; the two runs at load 6 to 7 met
-other work of the lead's and this session's profiling):
+Measured 2026-11-30 (session 7) on 2 cores, nothing else running, ``--repeats 3`` (8 chunks an epoch
+at ``--n 512``, 32 at 2048), read-ahead 4 chunks; "later" is the median of the epochs
+after the first, served by the same loader process; CPU s per epoch:
 
-===== ====== ====== =========== =========== ======== ========= =======
-n     code   CPUs   loader CPU  loader CPU  moto CPU S3 / disk load
-                    (disk) s    (S3) s      s        rate      average
-===== ====== ====== =========== =========== ======== ========= =======
-512   before shared 1.84        2.53        0.36     0.51      3.1
-512   before pinned 1.95        2.43        0.38     0.62      3.4
-512   after  shared 1.92        2.87        0.33     0.61      3.1
-512   after  pinned 2.52        2.92        0.40     0.72      3.3
-512   before shared 1.68        2.32        0.34     0.81      3.0
-512   before pinned 1.60        2.30        0.33     0.69      2.7
-512   after  shared 2.32        2.69        0.35     0.81      1.8
-512   after  pinned 1.84        2.35        0.29     0.76      2.5
-2048  after  pinned 6.80        8.49        1.21     1.21      6.9
-2048  after  shared 8.40        11.09       1.53     0.48      6.2
-512   before shared 2.60        3.18        0.43     0.69      3.7
-512   before pinned 2.36        2.60        0.45     0.77      3.0
-512   after  shared 2.80        3.29        0.46     0.72      3.2
-512   after  pinned 2.57        3.10        0.49     0.78      2.8
-2048  after  pinned 8.54        10.74       1.50     0.78      2.7
-2048  after  shared 10.08       11.02       1.52     0.87      3.0
-===== ====== ====== =========== =========== ======== ========= =======
+====== ====== ===== ============ ========== ========== ======== ========
+n      CPUs   epoch S3 / disk    loader CPU loader CPU moto CPU requests
+                    rate         disk s     S3 s       s        (S3)
+====== ====== ===== ============ ========== ========== ======== ========
+512    pinned first 0.35         2.05       5.73       0.30     74
+512    pinned later **0.99**     1.79       1.77       0.22     56
+512    shared first 0.23         1.69       6.27       0.26     74
+512    shared later **1.07**     1.55       1.43       0.20     56
+2048   pinned first 0.59         6.53       10.95      0.88     266
+2048   pinned later **0.96**     6.25       6.51       0.85     224
+====== ====== ===== ============ ========== ========== ======== ========
 
-Neither the CRC setting nor moto on a core of its own brings S3 within 10% of disk here.
-The CRC costs only the 8 whole-object GETs of 9 MB an epoch (3 ms each: 0.02 s, lost in
-the noise). Pinned, the loader has one core and is bound by its CPU, and S3 takes 10 to
-45% more of it than disk (0.25 to 0.7 s an epoch at 512, 2.2 s at 2048), so the rate
-ratio stays 0.6 to 0.8 (1.21 once, at load 6.9, the lead's work slowing the disk
-epochs). Earlier runs, at load 5 to 8 with moto on the loader's cores, gave 0.32 to 0.93
-with the same code (one chunk a shard: 108 requests an epoch before shards' indexes
-were cached, 90 after; four chunks a shard: 153, then 92).
+("pinned": ``--loader-cpus 0 --server-cpus 1``; "shared": both on both cores.) After the
+first epoch S3 streams within 5% of disk and costs the loader no more CPU: 7 GETs a chunk
+through obstore cost about what zarr's local reads do. The first epoch pays for starting
+the loader process, spawned for S3 (about 4.5 CPU s of imports), once per training.
 
-What S3 costs the loader (client CPU measured in one process against moto at load
-average 1 to 2.5): a fresh S3 client in each loader process every epoch, 135 to 145 ms
-with its first request (in a forked process whose garbage collector is kept off what it
-inherits; 60 to 80 ms of it botocore parsing its S3 model again, which a botocore session
-made before the fork could spare, but sessions are not meant to be shared between
-threads); 17 requests to open the store there (metadata and the checksums, one object a
-shard); then 7 GETs a chunk: 1.9 ms of client CPU for a small GET (signing, botocore's
-hooks and parsers, and a new connection: moto closes each one), 6 to 9 ms for an 8 MB
-one (aiohttp's reads and its two copies of the body; 9 to 15 ms with botocore checking
-the CRC32 moto returns with a whole object). Raw, a chunk's 7 objects cost 22 to 29 ms
-of CPU; read through zarr 52 to 67 ms against 34 to 39 ms from disk (decoding included).
-moto reads the whole object for every GET, a byte range too, so its CPU grows with the
-shard (0.3 to 0.5 s an epoch of 8 chunks at one chunk a shard).
+Before (session 6: a new loader, its processes and S3 client every epoch, and reads
+through s3fs), the same benchmark gave 0.61 to 0.87 (pinned) and 0.51 to 0.81 (shared) at
+512, with 10 to 45% more loader CPU for S3 than for disk: a fresh S3 client and 17
+requests to open the store in each loader process every epoch (0.14 CPU s), then 2 to 3
+ms of client CPU per small GET and 17 to 21 ms per 8 MB GET (botocore's signing, hooks and
+parsers, aiohttp's reads and copies), against 0.24 to 0.36 ms and 3 to 3.5 ms through
+obstore (measured in one process, client and moto on separate cores). moto closes every
+connection (werkzeug's development server), so each request opens a new one; a server
+that keeps connections open (MinIO, AWS) saves the client about 0.4 ms more per request.
 """
 
 from __future__ import annotations
