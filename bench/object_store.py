@@ -21,8 +21,8 @@ credentials be in the environment).
 
 Run: ``.venv/bin/python bench/object_store.py`` (1 to 2 minutes on 2 cores at ``--n 512``).
 
-Measured 2026-11-30 (session 7) on 2 cores, nothing else running, ``--repeats 3`` (8 chunks an epoch
-at ``--n 512``, 32 at 2048), read-ahead 4 chunks; "later" is the median of the epochs
+Measured 2026-11-30 (session 7) on 2 cores, nothing else running, ``--repeats 3`` (8 chunks
+an epoch at ``--n 512``, 32 at 2048), read-ahead 4 chunks; "later" is the median of the epochs
 after the first, served by the same loader process; CPU s per epoch:
 
 ====== ====== ===== ============ ========== ========== ======== ========

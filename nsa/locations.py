@@ -2,8 +2,9 @@
 
 ``parse_location("x.zarr")`` is a :class:`LocalLocation`; ``parse_location("s3://bucket/
 prefix/x.zarr")`` an :class:`S3Location`, written through s3fs (zarr's ``FsspecStore``)
-and read through obstore (zarr's ``ObjectStore``; see :meth:`S3Location.zarr_store`). Credentials come from the environment the way every AWS client finds
-them (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance role);
+and read through obstore (zarr's ``ObjectStore``; see :meth:`S3Location.zarr_store`).
+Credentials come from the environment the way every AWS client finds them
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance role);
 the server from ``endpoint`` when given, else ``AWS_ENDPOINT_URL_S3`` or
 ``AWS_ENDPOINT_URL`` (MinIO, Ceph), else AWS itself. The endpoint is resolved once, in
 the process that parses the URL, and travels with the location (to Ray tasks); the
