@@ -89,8 +89,9 @@ def test_an_s3_store_by_2_ray_workers_killed_and_resumed_equals_a_local_one_and_
     assert shards.verify_store(url) == n // chunk
     assert not fs.exists(f"{location.fs_path.rpartition('/')[0]}/.killed.zarr.lock")
 
+    # one loader process: spawned, since this process has used obstore to read the store
     run = train(TrainConfig(shards=[url], out=str(tmp_path / "run"), steps=2, batch_size=8,
-                            device="cpu", loader_workers=0, progress=False, predictions=1))
+                            device="cpu", loader_workers=1, progress=False, predictions=1))
     assert (run / MODEL_FILE).is_file()
     recorded = json.loads((run / CONFIG_FILE).read_text())
     assert [s["path"] for s in recorded["stores"]] == [url]
