@@ -98,8 +98,9 @@ class ProgressLog(Progress):
     bar, one per visible task (:meth:`line`): at the first progress any task makes (or
     ``interval`` seconds after a task started, if none made any), then at most one every
     ``interval`` seconds of ``get_time`` (rich's clock by default), and a last one when
-    it stops, whenever that is. Whether a line is due is checked at each refresh: rich's
-    refresh thread (``auto_refresh``, the only thread) calls it 4 times a second.
+    it stops, whenever that is (unless it would repeat the previous one word for word).
+    Whether a line is due is checked at each refresh: rich's refresh thread
+    (``auto_refresh``, the only thread) calls it 4 times a second.
 
     Tasks are added, advanced and updated as with rich's Progress; ``disable`` silences
     it as it does rich's.
@@ -114,6 +115,7 @@ class ProgressLog(Progress):
         self._lock_lines = threading.Lock()
         self._initial: dict[TaskID, float] = {}  # each task's completed when added
         self._written_at: float | None = None  # get_time() of the last lines
+        self._last_lines: list[str] = []
 
     def add_task(self, description: str, start: bool = True, total: float | None = 100.0,
                  completed: int = 0, visible: bool = True, **fields: Any) -> TaskID:
@@ -158,10 +160,13 @@ class ProgressLog(Progress):
                 due = now - self._written_at >= self.interval
             if not (due or final):
                 return
-            self._written_at = now
-            for task in tasks:
-                self.console.print(self.line(task), markup=False, highlight=False,
-                                   emoji=False, soft_wrap=True)
+            lines = [self.line(task) for task in tasks]
+            if final and lines == self._last_lines:  # the last lines said it all
+                return
+            self._written_at, self._last_lines = now, lines
+            for line in lines:
+                self.console.print(line, markup=False, highlight=False, emoji=False,
+                                   soft_wrap=True)
 
 
 def progress_bar(unit: str = "examples") -> Progress:

@@ -6,7 +6,8 @@ single-process run (:func:`nsa.train.trainer.run_worker`) with its rank, reads i
 share of the chunks (see :mod:`nsa.train.data`) and takes ``batch_size / workers``
 examples per step, so the global batch and the learning-rate schedule do not depend on
 the number of workers. Rank 0 writes the run directory, which therefore has to be on a
-file system every node sees (it is, on one node).
+file system every node sees (it is, on one node), and sends its progress to the command,
+which draws it (:mod:`nsa.progress_relay`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from nsa.train.trainer import TrainConfig, run_worker
 
 from nsa.errors import UserError
+from nsa.progress_relay import relayed_progress
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
@@ -31,6 +33,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     run_worker(
         TrainConfig(**loop_config["config"]), Path(loop_config["run_dir"]),
         rank=context.get_world_rank(), world=context.get_world_size(), device=device,
+        progress_queue=loop_config["progress_queue"],
     )
 
 
@@ -52,11 +55,12 @@ def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> 
 
     use_gpu = device.type == "cuda"
     run_dir = run_dir.resolve()
-    with ray_session(config.address, None):
+    with ray_session(config.address, None), \
+            relayed_progress("examples", config.progress) as progress_queue:
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"config": asdict(config), "run_dir": str(run_dir),
-                               "use_gpu": use_gpu},
+                               "use_gpu": use_gpu, "progress_queue": progress_queue},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
             run_config=RunConfig(

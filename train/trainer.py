@@ -45,6 +45,7 @@ import nsa
 from nsa.errors import CheckFailed, OutputError, UserError, writing
 from nsa.locations import is_url
 from nsa.progress import progress_bar
+from nsa.progress_relay import ProgressSender
 from nsa.versions import package_versions
 
 LOSS_PNG = "loss.png"
@@ -330,9 +331,12 @@ class Run:
     """The state of one worker's training loop and the steps that change it."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, rank: int, world: int,
-                 device: torch.device) -> None:
+                 device: torch.device, progress_queue: Any = None) -> None:
         self.config, self.run_dir, self.rank, self.device = config, run_dir, rank, device
         self.main = rank == 0
+        #: Where rank 0 sends its progress for the command to draw (a Ray Train worker's
+        #: own output reaches nobody), or None to draw it here.
+        self.progress_queue = progress_queue
         self.world = world
         self.cuda = device.type == "cuda"
         stores = open_training_stores(config.shards)
@@ -502,7 +506,10 @@ class Run:
         config = self.config
         self.model.train()
         examples_per_step = config.batch_size
-        bar = progress_bar("examples") if (self.main and config.progress) else None
+        bar: Any = None
+        if self.main and config.progress:
+            bar = (progress_bar("examples") if self.progress_queue is None
+                   else ProgressSender(self.progress_queue))
         task = None
         if bar is not None:
             bar.start()
@@ -550,7 +557,8 @@ class Run:
 
 
 def run_worker(config: TrainConfig, run_dir: Path, rank: int, world: int,
-               device: torch.device) -> None:
-    """The training loop of one worker (the only one when ``world == 1``)."""
+               device: torch.device, progress_queue: Any = None) -> None:
+    """The training loop of one worker (the only one when ``world == 1``); rank 0 sends
+    its progress to ``progress_queue`` when given (see :mod:`nsa.progress_relay`)."""
     torch.set_num_threads(config.threads or max(1, available_cores() // world))
-    Run(config, run_dir, rank, world, device).fit()
+    Run(config, run_dir, rank, world, device, progress_queue).fit()
