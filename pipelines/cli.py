@@ -57,9 +57,7 @@ def run(
             tables = send_files(parsed.out_url, parsed.out, [md.name, csv_path.name])
             shutil.rmtree(parsed.out, ignore_errors=True)  # the staging folder
         for outcome in outcomes:
-            ran = ", ".join(outcome.ran) or "nothing (all done before)"
-            status = f"FAILED: {outcome.error}" if outcome.error else f"ran {ran}"
-            print(f"{outcome.name}: {status}")
+            print(outcome.line())
         print(f"tables: {' and '.join(tables)}")
         if any(outcome.error for outcome in outcomes):
             raise typer.Exit(1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -59,6 +60,19 @@ class JobOutcome:
     metrics: dict[str, Any] | None = None
     error: str | None = None
     ran: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """``<category>/seed<k>: ran generate, train`` or ``...: FAILED: <error>``."""
+        if self.error:
+            return f"{self.name}: FAILED: {self.error}"
+        return f"{self.name}: ran {', '.join(self.ran) or 'nothing (all done before)'}"
+
+
+def _ended(outcome: JobOutcome, progress: bool) -> None:
+    """Say on stderr that a job has ended (with ``progress``), as the jobs end: a
+    pipeline's training and evaluation on Ray show no progress of their own."""
+    if progress:
+        print(f"ended: {outcome.line()}", file=sys.stderr, flush=True)
 
 
 def _log(out: Path, job: str, stage: str, ran: bool) -> None:
@@ -165,8 +179,10 @@ def _run_local(config: PipelineConfig, plan: JobPlan, progress: bool) -> JobOutc
             outcome.ran.append("generate")
     except Exception as exc:  # one failed job must not stop the others
         outcome.error = _error_line(exc)
+        _ended(outcome, progress)
         return outcome
     _finish(config, outcome, _train_and_evaluate(config, plan, progress))
+    _ended(outcome, progress)
     return outcome
 
 
@@ -214,10 +230,15 @@ def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
             pending[len(outcomes) - 1] = remote.remote(config, plan, False)
         except Exception as exc:
             outcome.error = _error_line(exc)
-    for index, ref in pending.items():
+            _ended(outcome, progress)
+    waiting = {ref: index for index, ref in pending.items()}
+    while waiting:  # in the order the jobs end
+        (ref,), _ = ray.wait(list(waiting), num_returns=1)
+        index = waiting.pop(ref)
         try:
             _finish(config, outcomes[index], ray.get(ref))
         except Exception as exc:  # the task itself lost (its worker died)
             cause = getattr(exc, "cause", None) or exc
             outcomes[index].error = _error_line(cause)
+        _ended(outcomes[index], progress)
     return outcomes

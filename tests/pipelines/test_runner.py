@@ -26,12 +26,16 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_second_run_skips_every_finished_stage(tiny_config, two_categories, local_ray, tmp_path):
+def test_a_second_run_skips_every_finished_stage(tiny_config, two_categories, local_ray, tmp_path,
+                                                capfd):
     out = tmp_path / "out"
     config = load_config(tiny_config(tmp_path / "c.toml", two_categories, out, seeds=(0,)))
-    first = run_pipeline(config, progress=False)
+    first = run_pipeline(config, progress=True)
     assert [o.error for o in first] == [None, None]
     assert [o.ran for o in first] == [["generate", "train", "evaluate"]] * 2
+    ended = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ended")]
+    assert ended == [f"ended: {category}/seed0: ran generate, train, evaluate"
+                     for category in CATEGORIES]  # each as it ended
     second = run_pipeline(config, progress=False)
     assert [o.ran for o in second] == [[], []]
     assert second[0].metrics == first[0].metrics
