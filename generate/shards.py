@@ -70,7 +70,7 @@ from nsa.generate.shard_files import ShardEncoder, shard_encoder
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.buffer import default_buffer_prototype
 
-from nsa.errors import CheckFailed, UserError, writing
+from nsa.errors import CheckFailed, OutputError, UserError, writing
 from nsa.locations import (
     LocalLocation,
     Location,
@@ -462,8 +462,21 @@ class Store:
         try:
             values = zarr.core.sync.sync(together())
         except Exception as exc:  # zarr/numcodecs raise many types for damaged bytes
-            raise StoreError(f"{self.path}: {what} is unreadable ({exc})") from exc
+            raise self._unreadable(what, exc) from exc
         return ChunkData(**dict(zip(EXAMPLE_ARRAYS, values, strict=True)))
+
+    def _unreadable(self, what: str, exc: Exception) -> UserError:
+        """The one-line error for ``what`` (``chunk 3``) failing to read with ``exc``:
+        :class:`~nsa.errors.OutputError` (exit 1) when the store is on an S3 server that
+        no longer answers, else :class:`StoreError` (the bytes are damaged or missing).
+        Only the first line of ``exc``'s message is kept (obstore's run to dozens)."""
+        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        location = self.location
+        if isinstance(location, S3Location) and not location.answers():
+            return OutputError(f"{self.path}: the S3 endpoint "
+                               f"{location.endpoint or 'AWS S3'} stopped answering while "
+                               f"{what} was read ({detail})")
+        return StoreError(f"{self.path}: {what} is unreadable ({detail})")
 
     def read_chunk(self, index: int, verify: bool = True) -> ChunkData:
         """Read chunk ``index`` of every array; with ``verify``, check its SHA-256.
@@ -479,8 +492,7 @@ class Store:
                 try:
                     stored = self.array("checksums")[index]
                 except Exception as exc:  # zarr/numcodecs raise many types
-                    raise StoreError(
-                        f"{self.path}: chunk {index} is unreadable ({exc})") from exc
+                    raise self._unreadable(f"chunk {index}", exc) from exc
             if not np.array_equal(data.checksum(), stored):
                 raise StoreError(f"{self.path}: chunk {index} does not match its checksum")
         return data

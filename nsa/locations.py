@@ -237,6 +237,18 @@ class S3Location:
         with suppress(FileNotFoundError):
             fs.rm_file(f"{self.fs_path}/{last}")
 
+    def answers(self) -> bool:
+        """Whether the server answers a request about the bucket now (any answer, an
+        error too, within :data:`PROBE_TIMEOUT_S`): False when it cannot be reached."""
+        try:
+            self.filesystem(probe=True).call_s3("list_objects_v2", Bucket=self.bucket,
+                                                MaxKeys=1)
+        except connection_errors():
+            return False
+        except OSError:  # s3fs's translation of an answer (no such bucket, denied)
+            return True
+        return True
+
     def check(self) -> None:
         """Fail in seconds, with one line naming the URL, when the store cannot be reached:
         no credentials, no such bucket, access denied, or no server at the endpoint.

@@ -14,8 +14,9 @@ Why it is built this way:
   ``k`` batches by arithmetic alone, without reading them.
 - Augmentation parameters of batch ``k`` of stream ``j`` come from their own
   ``numpy`` Generator seeded with ``(seed, epoch, j, k)``, so skipping does not shift them.
-- Errors met in a worker (a damaged chunk) travel as ``{"error": message}`` items rather
-  than exceptions, so the trainer can stop with one line naming the store and chunk.
+- Errors met in a worker (a damaged chunk, an S3 server that stopped answering) travel as
+  ``{"error": exception}`` items (a :class:`~nsa.errors.UserError`) rather than as raised
+  exceptions, so the trainer can stop with its one line and exit code.
 - One loader (:func:`make_loader`) serves every epoch: its processes outlive an epoch and
   read the epoch to serve from shared memory (:meth:`ShardStream.set_epoch`), so each
   opens the stores, and on S3 makes its client, once per training.
@@ -33,7 +34,7 @@ import json
 import multiprocessing
 import shutil
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
@@ -47,7 +48,8 @@ from nsa.generate.shards import ChunkData, Store, StoreError, open_store
 from nsa.train.augment import AugmentSpec, apply_augment
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from nsa.locations import is_url, parse_location
+from nsa.errors import OutputError, UserError
+from nsa.locations import LocationError, is_url, parse_location
 
 # Domain tags keep the generators of different purposes apart for the same seed.
 _CHUNK_ORDER, _WINDOW_ORDER, _AUGMENT = 0, 1, 2
@@ -186,7 +188,8 @@ class ShardStream(IterableDataset):
     Each item is a dict: ``stacked`` uint8 (B, C+1, h, w), image channels then the label
     map (already augmented when ``augment_in_loader``, else full size with ``params``
     (B, 5) for :func:`~nsa.train.augment.apply_augment` on the training device);
-    or ``{"error": message}`` when a chunk could not be read.
+    or ``{"error": exception}`` (a :class:`~nsa.errors.UserError`) when a chunk or a store
+    could not be read.
     """
 
     def __init__(
@@ -279,8 +282,8 @@ class ShardStream(IterableDataset):
                     local[j] = self._batches(plan.streams[stream], epoch, stream,
                                              plan.batches_per_stream, k)
                 yield next(local[j])
-        except StoreError as exc:
-            yield {"error": str(exc)}
+        except UserError as exc:  # a damaged chunk, a lost S3 server: the error itself
+            yield {"error": exc}
 
     def __getstate__(self) -> dict[str, Any]:
         """What a spawned loader process gets: no opened stores (each process opens its
@@ -288,8 +291,14 @@ class ShardStream(IterableDataset):
         return {**self.__dict__, "_open": {}}
 
     def _store(self, index: int) -> Store:
+        """Store ``index``, opened in this process on first use. The training process
+        opened it before: an S3 server that cannot be reached now has stopped answering
+        (:class:`~nsa.errors.OutputError`, exit 1), not been given wrong."""
         if index not in self._open:
-            self._open[index] = open_store(self.stores[index].path)
+            try:
+                self._open[index] = open_store(self.stores[index].path)
+            except LocationError as exc:
+                raise OutputError(f"{exc}; it answered when the training started") from None
         return self._open[index]
 
     def _windows(self, chunks: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
@@ -417,14 +426,28 @@ def _freeze_inherited(worker: int) -> None:
     gc.freeze()
 
 
-class _AsTensors:
-    """A loader's numpy batches as tensors, for every iteration of it."""
+class BatchLoader:
+    """A DataLoader over a :class:`ShardStream`, iterated once per epoch (see
+    :func:`make_loader`); :meth:`close` ends its processes."""
 
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader = loader
+    def __init__(self, loader: DataLoader, as_tensors: bool) -> None:
+        self._loader: DataLoader | None = loader
+        self._as_tensors = as_tensors
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (_as_tensors(batch) for batch in self.loader)
+        if self._loader is None:
+            raise RuntimeError("the loader is closed")
+        batches = iter(self._loader)
+        return (_as_tensors(batch) for batch in batches) if self._as_tensors else batches
+
+    def close(self) -> None:
+        """End the loader processes now. torch ends them when the loader is collected,
+        which a traceback holding the trainer's frames puts off until the interpreter
+        exits; multiprocessing then kills them, and torch reports each with a traceback."""
+        iterator = getattr(self._loader, "_iterator", None)  # torch's, while processes run
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._loader = None
 
 
 def _process_start(dataset: ShardStream) -> BaseContext | None:
@@ -440,16 +463,17 @@ def _process_start(dataset: ShardStream) -> BaseContext | None:
     return multiprocessing.get_context("spawn")
 
 
-def make_loader(dataset: ShardStream, pin_memory: bool = False) -> Iterable[dict[str, Any]]:
+def make_loader(dataset: ShardStream, pin_memory: bool = False) -> BatchLoader:
     """The loader of ``dataset``: each iteration gives the batches of the epoch last set
     with :meth:`ShardStream.set_epoch`, read by the planned number of loader processes
     (0: in the training process; the batches are the same either way).
 
     The processes start with the first iteration and serve every later one (each keeps
     its opened stores, their checksums and, on S3, its client: a new process an epoch
-    paid 0.14 CPU s for a client and 17 requests to open a store again); they end when
-    the loader is garbage collected. With ``dataset.through_pipe`` they send numpy arrays
-    through a pipe instead of shared memory; they come out as tensors all the same.
+    paid 0.14 CPU s for a client and 17 requests to open a store again); they end with
+    :meth:`BatchLoader.close`, or when the loader is garbage collected. With
+    ``dataset.through_pipe`` they send numpy arrays through a pipe instead of shared
+    memory; they come out as tensors all the same.
     """
     processes = dataset.loader_processes
     loader = DataLoader(
@@ -460,4 +484,4 @@ def make_loader(dataset: ShardStream, pin_memory: bool = False) -> Iterable[dict
         collate_fn=_unchanged if dataset.through_pipe else None,
         worker_init_fn=_freeze_inherited if processes else None,
     )
-    return _AsTensors(loader) if dataset.through_pipe else loader
+    return BatchLoader(loader, as_tensors=dataset.through_pipe)

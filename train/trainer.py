@@ -30,6 +30,7 @@ from nsa.train.augment import apply_augment
 from nsa.train.data import (
     PREFETCH,
     SHARED_MEMORY,
+    BatchLoader,
     ShardStream,
     StoreInfo,
     make_loader,
@@ -473,8 +474,14 @@ class Run:
 
     def batches(self):
         """Yield batches from the saved position on, epoch after epoch, until the end
-        (one loader, whose processes serve every epoch)."""
+        (one loader, whose processes serve every epoch and end with this generator)."""
         loader = make_loader(self.dataset, pin_memory=self.cuda)
+        try:
+            yield from self._epochs(loader)
+        finally:
+            loader.close()
+
+    def _epochs(self, loader: BatchLoader):
         while self.step < self.total:
             in_epoch = self.dataset.steps_in_epoch(self.epoch)
             if self.position >= in_epoch:
@@ -483,7 +490,7 @@ class Run:
             self.dataset.set_epoch(self.epoch, self.position)
             for batch in loader:
                 if "error" in batch:
-                    raise StoreError(batch["error"])
+                    raise batch["error"]
                 yield batch
                 if self.step >= self.total:
                     return

@@ -334,10 +334,16 @@ def test_an_s3_server_that_stops_while_a_shard_is_written_is_one_line_naming_the
     url = "s3://stopping/x.zarr"
     shards.create_store(url, n=16, height=8, width=8, channels=1, chunk_size=8, attrs={})
     store = shards.open_store(url, allow_incomplete=True, mode="r+")
+    reader = shards.open_store(url, allow_incomplete=True)  # read as training does
     lock = S3Lock(store.location)
     lock.acquire()
     server.terminate()
     server.wait(timeout=30)
+    with pytest.raises(OutputError) as error:  # not "unreadable": the bytes may be fine
+        reader.read_chunk(1)
+    assert str(error.value).startswith(f"{url}: the S3 endpoint {endpoint} stopped "
+                                       "answering while chunk 1 was read (")
+    assert "\n" not in str(error.value) and error.value.exit_code == 1
     lock.renew()  # the writer lock's renewal thread: the lock is lost, no traceback
     assert lock.lost == (f"its renewal failed (Could not connect to the endpoint URL: "
                          f'"{endpoint}/stopping/.x.zarr.lock")')

@@ -108,11 +108,16 @@ def test_a_store_given_twice_is_refused(tiny_store):
         open_training_stores([tiny_store, tiny_store])
 
 
-def test_a_corrupted_chunk_yields_an_error_naming_it(tiny_store):
+@pytest.mark.parametrize("processes", [0, 1])
+def test_a_corrupted_chunk_yields_an_error_naming_it(tiny_store, processes):
+    """The error itself, as one item (from a loader process too), for the trainer to
+    raise with its exit code."""
     chunk_file = tiny_store / "images" / "c" / "5" / "0" / "0" / "0"
     chunk_file.write_bytes(b"\0" * 40)
-    batches = list(make_loader(_stream([tiny_store], shuffle_chunks=1)))
-    assert "error" in batches[-1] and "chunk 5" in batches[-1]["error"]
+    batches = list(make_loader(_stream([tiny_store], shuffle_chunks=1,
+                                       loader_workers=1, processes=processes)))
+    assert "error" in batches[-1] and "chunk 5" in str(batches[-1]["error"])
+    assert isinstance(batches[-1]["error"], StoreError)
     assert all("stacked" in b for b in batches[:-1])
 
 
@@ -174,11 +179,10 @@ def test_one_loader_serves_every_epoch_with_the_same_processes(tiny_store):
             workers = _children() - before
             assert len(workers) == 2
         assert _children() - before == workers
-    del loader
-    import gc
-
-    gc.collect()
-    assert not _children() & workers  # gone with the loader
+    loader.close()
+    assert not _children() & workers  # ended with it
+    with pytest.raises(RuntimeError, match="closed"):
+        iter(loader)
 
 
 def test_shared_memory_check_counts_the_batches_the_processes_hold(tiny_store, tmp_path):
