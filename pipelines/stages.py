@@ -174,7 +174,10 @@ def run_train(plan: JobPlan, progress: bool) -> bool:
         config = TrainConfig(shards=[str(plan.store)], out=str(plan.run), overwrite=True,
                              progress=progress, **plan.train)
     train(config)
-    write_marker(directory, "train", digest, done=True, input_id=store_id, run=plan.run)
+    # outputs are named relative to the job's folder: right wherever the folder goes (a
+    # staging copy of one in a bucket is removed once sent)
+    write_marker(directory, "train", digest, done=True, input_id=store_id,
+                 run=str(plan.run.relative_to(directory)))
     return True
 
 
@@ -195,5 +198,5 @@ def run_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
     evaluate(config.source.test_sets(plan.job.category), plan.run, plan.eval_dir,
              progress=progress, **plan.evaluate)
     write_marker(directory, "evaluate", digest, done=True, input_id=run_id,
-                 metrics=metrics_file)
+                 metrics=str(metrics_file.relative_to(directory)))
     return True, json.loads(metrics_file.read_text())

@@ -176,6 +176,10 @@ def test_a_pipeline_whose_out_is_on_s3_keeps_everything_there_for_any_machine(
     assert shards.open_store(f"{s3_bucket}/runs/{job}/shards.zarr").complete
     fs = root.filesystem()
     metrics = json.loads(fs.cat_file(f"{root.fs_path}/{job}/eval/metrics.json"))
+    # the markers name outputs within the job's folder, not the staging copy's paths
+    assert json.loads(fs.cat_file(f"{root.fs_path}/{job}/train.json"))["run"] == "run"
+    assert json.loads(fs.cat_file(f"{root.fs_path}/{job}/evaluate.json"))["metrics"] == \
+        "eval/metrics.json"
 
     shutil.rmtree(staging_root(out.rstrip("/")), ignore_errors=True)  # as on another machine
     fetched: list[str] = []
