@@ -28,13 +28,15 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import atexit
 import gc
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
@@ -273,7 +275,8 @@ class ShardStream(IterableDataset):
             raise RuntimeError("DataLoader num_workers differs from the planned processes")
         plan = self.plan(epoch)
         streams = self.loader_workers
-        local: dict[int, Iterator[dict[str, Any]]] = {}
+        local: dict[int, Generator[dict[str, Any], None, None]] = {}
+        error = None
         try:
             for s in range(skip + worker, streams * plan.batches_per_stream, processes):
                 j, k = s % streams, s // streams
@@ -283,7 +286,12 @@ class ShardStream(IterableDataset):
                                              plan.batches_per_stream, k)
                 yield next(local[j])
         except UserError as exc:  # a damaged chunk, a lost S3 server: the error itself
-            yield {"error": exc}
+            error = exc
+        finally:  # the streams' reads end here, before the error leaves: a loader process
+            for batches in local.values():  # that exits with S3 reads in flight crashes
+                batches.close()  # (obstore's runtime outlives the interpreter's teardown)
+        if error is not None:
+            yield {"error": error}
 
     def __getstate__(self) -> dict[str, Any]:
         """What a spawned loader process gets: no opened stores (each process opens its
@@ -305,7 +313,8 @@ class ShardStream(IterableDataset):
         g = self.shuffle_chunks
         return [chunks[i:i + g] for i in range(0, len(chunks), g)]
 
-    def _read_ahead(self, chunks: list[tuple[int, int]]) -> Iterator[ChunkData]:
+    def _read_ahead(self, chunks: list[tuple[int, int]]
+                    ) -> Generator[ChunkData, None, None]:
         """The chunks ``(store, chunk)`` in order, read and checked up to
         ``PREFETCH_CHUNKS`` ahead in background threads (a StoreError comes out in turn)."""
         for s, _ in chunks:
@@ -345,17 +354,27 @@ class ShardStream(IterableDataset):
     def _batches(
         self, chunks: list[tuple[int, int]], epoch: int, stream: int, n_batches: int,
         skip: int,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         windows = self._windows(chunks)
         sizes = [sum(self.stores[s].chunk_lengths[c] for s, c in w) for w in windows]
         starts = np.concatenate([[0], np.cumsum(sizes)])
         b = self.batch_size
-        loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         # Windows are loaded in order from the one holding batch `skip` on, never twice.
         first_window = int(np.searchsorted(starts, skip * b, side="right")) - 1
         last_window = int(np.searchsorted(starts, n_batches * b, side="left")) - 1
         reader = self._read_ahead([chunk for window in windows[first_window:last_window + 1]
                                    for chunk in window])
+        try:
+            yield from self._cut_batches(windows, starts, epoch, stream, skip, n_batches,
+                                         reader)
+        finally:
+            reader.close()  # waits for the reads in flight
+
+    def _cut_batches(self, windows: list[list[tuple[int, int]]], starts: np.ndarray,
+                     epoch: int, stream: int, skip: int, n_batches: int,
+                     reader: Iterator[ChunkData]) -> Iterator[dict[str, Any]]:
+        b = self.batch_size
+        loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k in range(skip, n_batches):
             lo, hi = k * b, (k + 1) * b
             first = int(np.searchsorted(starts, lo, side="right")) - 1
@@ -418,12 +437,21 @@ def _unchanged(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-def _freeze_inherited(worker: int) -> None:
-    """Keep a loader process's garbage collector off what it inherited from the training
-    process: a full collection touches every object, and so copies every page that holds
-    one (torch, zarr, botocore's models: measured, creating the S3 client in a loader
-    process cost 0.55 CPU s and 33k page faults this way, 0.14 s frozen)."""
+def _start_loader_process(worker: int) -> None:
+    """Set up a loader process (DataLoader's ``worker_init_fn``).
+
+    - Keep its garbage collector off what it inherited from the training process (a
+      forked one): a full collection touches every object, and so copies every page that
+      holds one (torch, zarr, botocore's models: measured, creating the S3 client in a
+      loader process cost 0.55 CPU s and 33k page faults this way, 0.14 s frozen).
+    - Let it end without the interpreter's teardown (a spawned one; a forked one ends so
+      anyway): after a failed S3 read, obstore's runtime threads outlived zarr's event
+      loop there and the process died of a segfault, which torch reports with two
+      "ERROR:" lines and, at times, a traceback in place of the one-line error. A loader
+      process holds nothing to flush or save; registered last, this runs first.
+    """
     gc.freeze()
+    atexit.register(os._exit, 0)
 
 
 class BatchLoader:
@@ -482,6 +510,6 @@ def make_loader(dataset: ShardStream, pin_memory: bool = False) -> BatchLoader:
         persistent_workers=processes > 0,
         multiprocessing_context=_process_start(dataset) if processes else None,
         collate_fn=_unchanged if dataset.through_pipe else None,
-        worker_init_fn=_freeze_inherited if processes else None,
+        worker_init_fn=_start_loader_process if processes else None,
     )
     return BatchLoader(loader, as_tensors=dataset.through_pipe)
