@@ -278,7 +278,8 @@ def resume_config(config: TrainConfig, given: Collection[str] | None) -> tuple[P
             )
     config = replace(recorded, **{name: getattr(config, name) for name in RESUME_OVERRIDES})
     if not (run_dir / ckpt.CHECKPOINT_FILE).exists():
-        raise UserError(f"--resume {run_dir}: no checkpoint to continue from; start it anew")
+        raise UserError(f"--resume {run_dir}: no checkpoint to continue from (it stopped "
+                        "before its first); start it anew with its command and --overwrite")
     return run_dir, config
 
 

@@ -159,3 +159,11 @@ def test_a_run_recorded_with_num_workers_resumes_with_those_workers(finished_run
     (run / "config.json").write_text(json.dumps(record))
     _, config = resume_config(TrainConfig(resume=str(run)), given=[])
     assert config.workers == 2
+
+
+def test_resuming_a_run_without_a_checkpoint_says_how_to_start_it_anew(finished_run, tmp_path):
+    run = tmp_path / "early"
+    shutil.copytree(finished_run, run)
+    (run / "checkpoint.pt").unlink()  # stopped before its first checkpoint
+    with pytest.raises(UserError, match=r"no checkpoint to continue from .*--overwrite"):
+        resume_config(TrainConfig(resume=str(run)), given=[])
