@@ -220,6 +220,18 @@ def empty_mask_warning(testset: TestSet, scored: ScoredSet) -> str | None:
             "defect_images_with_empty_mask)")
 
 
+def below_chance_warning(name: str, row: dict[str, Any]) -> str | None:
+    """The warning for a set whose image AUROC is below chance (0.5), if it is: the
+    model ranks its defect images as more normal than its good ones, which a working
+    detector does not (swapped labels, or a model trained far too little)."""
+    value = row.get("image_auroc")
+    if value is None or not np.isfinite(value) or value >= 0.5:
+        return None
+    return (f"{name}: image AUROC {value:.3f} is below chance (0.5): the model ranks the "
+            "defect images as more normal than the good ones; check the test set's good "
+            "and defect folders, and the training (steps, examples)")
+
+
 def set_curves(testset: TestSet, scored: ScoredSet) -> Curves:
     empty = (np.zeros(0), np.zeros(0))
     with_masks = scored.maps is not None
@@ -287,6 +299,9 @@ def evaluate(
             if empty:
                 warn(empty, warnings)
             rows[testset.name] = metrics_row(testset, scored)
+            below = below_chance_warning(testset.name, rows[testset.name])
+            if below:
+                warn(below, warnings)
             rows[testset.name]["decisions"] = set_decisions(testset, scored, limits, protocol)
             report += report_rows(testset, scored, limits, protocol)
             write_set_pictures(out, testset, scored)

@@ -112,3 +112,13 @@ def test_a_mask_drawn_on_an_exif_rotated_photo_matches_it(tmp_path: Path) -> Non
         TestImage(tmp_path / "photo.jpg", 1, "x", tmp_path / "photo_mask.png"), 3, True)
     assert pixels.shape == (96, 64, 3)
     assert (mask == (drawn > 0)).all()
+
+
+def test_an_image_auroc_below_chance_is_a_warning():
+    from nsa.evaluate.run import below_chance_warning
+
+    said = below_chance_warning("bottle", {"image_auroc": 0.301})
+    assert said is not None
+    assert said.startswith("bottle: image AUROC 0.301 is below chance (0.5)")
+    for fine in (0.5, 0.93, float("nan"), None):
+        assert below_chance_warning("bottle", {"image_auroc": fine}) is None
