@@ -238,19 +238,20 @@ def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path,
     sources = prepare_sources(load_images(source.files, size), settings)
     height, width, channels = sources.shape
 
-    def store(name: str, count: int) -> shards.Store:
+    def store(name: str, count: int, chunks_a_shard: int) -> shards.Store:
         chunks = shards.n_chunks(count, shards.DEFAULT_CHUNK_SIZE)
         shards.create_store(work / name, n=count, height=height, width=width,
                             channels=channels, chunk_size=shards.DEFAULT_CHUNK_SIZE,
-                            attrs={}, shard_chunks=min(shard_chunks, chunks))
+                            attrs={}, shard_chunks=min(chunks_a_shard, chunks))
         return shards.open_store(work / name, allow_incomplete=True, mode="r+")
 
     with ray_session(None, workers):
-        warm = store(f"warm{workers}.zarr", 2 * workers * shards.DEFAULT_CHUNK_SIZE)
+        # shards of one chunk, 2 a worker: every worker gets a task and imports the engine
+        warm = store(f"warm{workers}.zarr", 2 * workers * shards.DEFAULT_CHUNK_SIZE, 1)
         run_shards(warm, sources, settings, 0, workers, progress=False)
         rates, cpu = [], []
         for repeat in range(REPEATS):
-            timed = store(f"w{workers}-{repeat}.zarr", n)
+            timed = store(f"w{workers}-{repeat}.zarr", n, shard_chunks)
             before = _tree_cpu()
             start = time.perf_counter()
             run_shards(timed, sources, settings, 0, workers, progress=False)
