@@ -81,17 +81,18 @@ def shard_data(sources: SourceSet, settings: dict[str, Any], seed: int,
         boxes=np.full((count, shards.MAX_PATCHES, 4), -1, np.int16),
         reason=np.empty(count, np.uint8),
     )
+    scalars = []  # (image label, dest, source, reason) per row, stored once at the end
     for row, index in enumerate(rows):
         example = make_example(sources, settings, seed, index)
         data.images[row] = example.image
-        data.masks[row] = shards.label_to_mask(example.label)
-        data.labels[row] = example.image_label
-        data.dest_index[row] = example.dest_index
-        data.source_index[row] = example.source_index
+        shards.label_to_mask(example.label, out=data.masks[row])
         if example.boxes:
-            data.boxes[row, :len(example.boxes)] = np.asarray(
-                example.boxes[:shards.MAX_PATCHES])
-        data.reason[row] = SKIP_REASONS.index(example.reason)
+            data.boxes[row, :len(example.boxes)] = example.boxes[:shards.MAX_PATCHES]
+        scalars.append((example.image_label, example.dest_index, example.source_index,
+                        SKIP_REASONS.index(example.reason)))
+    if scalars:
+        columns = np.array(scalars, np.int64).T
+        data.labels[:], data.dest_index[:], data.source_index[:], data.reason[:] = columns
     return data
 
 

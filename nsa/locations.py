@@ -57,7 +57,7 @@ PROBE_TIMEOUT_S = 5
 #: default (``when_supported``) sends a CRC32 with every PUT and checks the one the server
 #: returns with a whole object: 3 ms of CPU per 8 MB GET, measured against moto, a quarter
 #: to a third of the client's CPU for it. Every chunk we read is checked against its
-#: SHA-256 anyway (training reads verify, and so does ``nsa-gen verify``), which catches
+#: checksum anyway (training reads verify, and so does ``nsa-gen verify``), which catches
 #: bytes damaged in an upload or a download as well.
 CLIENT_CHECKSUMS = {"request_checksum_calculation": "when_required",
                     "response_checksum_validation": "when_required"}

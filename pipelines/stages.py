@@ -33,7 +33,7 @@ from typing import Any
 
 from nsa.evaluate.run import evaluate
 from nsa.generate.generation import generate_store
-from nsa.generate.shards import StoreError, open_store
+from nsa.generate.shards import FORMAT_VERSION, StoreError, open_store
 from nsa.pipelines.config import Job, PipelineConfig
 from nsa.pipelines.markers import (
     StageState,
@@ -97,6 +97,8 @@ def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
         "source": config.source.source_identity(job.category),
         "settings": config.settings[job.category],
         **{key: generate[key] for key in ("n", "seed", "chunk_size")},
+        # a store of an older format is regenerated, not refused by the next stage
+        "format_version": FORMAT_VERSION,
     })
     train_opts = {**config.train.given(), "seed": job.seed}
     train_settings = asdict(TrainConfig(**train_opts))

@@ -3,7 +3,7 @@
 Why it is built this way:
 
 - Whole chunks are the unit of reading (one Zarr chunk per array, checked against its
-  SHA-256), so a worker decodes each example once and never seeks.
+  checksum), so a worker decodes each example once and never seeks.
 - The epoch plan is a pure function of ``(seed, epoch)`` and the stores' sizes: the chunks
   of all stores are shuffled together and dealt round-robin to *streams*, one per
   (DDP rank, DataLoader worker); each stream shuffles the examples inside windows of
@@ -102,7 +102,7 @@ _CONTENT_ATTRS = ("n", "chunk_size", "height", "width", "channels", "seed", "pre
 
 def store_fingerprint(store: Store) -> str:
     """SHA-256 (hex) of what a store holds: its settings, seed, source files (with their
-    hashes) and the SHA-256 of every chunk. Two stores with the same fingerprint hold the
+    hashes) and the checksum of every chunk. Two stores with the same fingerprint hold the
     same examples; reading it costs one small array, not the data (and nothing more than
     opening the store did). Raises :class:`StoreError` when the checksums are unreadable."""
     digest = hashlib.sha256()

@@ -328,7 +328,7 @@ def test_info_and_verify_refuse_a_store_of_another_format_version_in_one_line(
     shutil.copytree(cli_store, old)
     zarr.open_group(str(old), mode="r+").attrs["format_version"] = 1
     result = _run(command, old)
-    _assert_one_line_error(result, str(old), "store format version 1", "reads version 2",
+    _assert_one_line_error(result, str(old), "store format version 1", "reads version 3",
                            "regenerate")
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import xxhash
 import zarr
 from nsa.generate import shards
 from nsa.generate.presets import resolve_settings
@@ -282,19 +283,34 @@ def test_verify_names_the_corrupted_chunk_inside_a_shard_not_its_neighbour(tmp_p
 
 def test_a_store_of_another_format_version_is_refused_in_one_line(tmp_path):
     store = _store(tmp_path)
-    _edit_attrs(store, format_version=1)
-    for read in (lambda: shards.open_store(store.path, allow_incomplete=True),
-                 lambda: shards.verify_store(store.path)):
-        with pytest.raises(shards.StoreVersionError) as raised:
-            read()
-        assert str(raised.value) == (
-            f"{store.path}: store format version 1, this nsa-pipeline reads version 2 only; "
-            "regenerate the store with the nsa-gen command that made it and --overwrite "
-            "(the same seed gives the same examples)")
-    _edit_attrs(store, format_version=3)
-    with pytest.raises(shards.StoreVersionError, match=r"version 3, .* the nsa-pipeline that "
+    for older in (1, 2):  # 2: SHA-256 chunk checksums, 32 bytes a row
+        _edit_attrs(store, format_version=older)
+        for read in (lambda: shards.open_store(store.path, allow_incomplete=True),
+                     lambda: shards.verify_store(store.path)):
+            with pytest.raises(shards.StoreVersionError) as raised:
+                read()
+            assert str(raised.value) == (
+                f"{store.path}: store format version {older}, this nsa-pipeline reads "
+                "version 3 only; regenerate the store with the nsa-gen command that made it "
+                "and --overwrite (the same seed gives the same examples)")
+    _edit_attrs(store, format_version=4)
+    with pytest.raises(shards.StoreVersionError, match=r"version 4, .* the nsa-pipeline that "
                                                         r"made it"):
         shards.open_store(store.path, allow_incomplete=True)
+
+
+def test_chunk_checksums_are_xxh3_128_of_every_array_in_order(tmp_path):
+    """Format version 3 as docs/store-format.md states it, computed here with xxhash's
+    one-shot function over the arrays' bytes joined: any Zarr client can check a chunk."""
+    store = _store(tmp_path)
+    chunk = store.read_chunk(1)
+    joined = b"".join(np.ascontiguousarray(getattr(chunk, name)).tobytes()
+                      for name in shards.EXAMPLE_ARRAYS)
+    expected = np.frombuffer(xxhash.xxh3_128_digest(joined), np.uint8)
+    group = zarr.open_group(str(store.path), mode="r")
+    assert group["checksums"].shape == (3, 16)
+    assert np.array_equal(group["checksums"][1], expected)
+    assert np.array_equal(chunk.checksum(), expected)
 
 
 def test_default_shards_hold_up_to_16_chunks_and_keep_32_shards_and_128_mib():

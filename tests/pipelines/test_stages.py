@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nsa.pipelines import stages
 from nsa.pipelines.config import load_config
 from nsa.pipelines.markers import settings_hash
 from nsa.pipelines.stages import plan_job
@@ -41,6 +42,16 @@ def test_generation_inputs_change_every_hash(tiny_config, tmp_path):
                      (f'root = "{tmp_path}"', f'root = "{tmp_path / "other"}"')]:
         after = hashes(path, text.replace(old, new))
         assert all(after[s] != before[s] for s in before), (old, new)
+
+
+def test_a_new_store_format_version_changes_every_hash(tiny_config, tmp_path, monkeypatch):
+    """So a pipeline regenerates its stores made by a version of nsa-pipeline that wrote an
+    older format (a fresh stage overwrites; a finished one would be refused on reading)."""
+    path = tiny_config(tmp_path / "a.toml", tmp_path, tmp_path / "o")
+    before = hashes(path)
+    monkeypatch.setattr(stages, "FORMAT_VERSION", stages.FORMAT_VERSION - 1)
+    after = hashes(path)
+    assert all(after[s] != before[s] for s in before)
 
 
 def test_options_that_change_only_speed_or_place_keep_every_hash(tiny_config, tmp_path):
