@@ -8,10 +8,18 @@ examples per step, so the global batch and the learning-rate schedule do not dep
 the number of workers. Rank 0 writes the run directory, which therefore has to be on a
 file system every node sees (it is, on one node), and sends its progress to the command,
 which draws it (:mod:`nsa.progress_relay`).
+
+Ray Train wants a storage folder of its own; it gets ``RUN/ray`` (on the file system the
+workers share, like the run). Nothing there is ours or needed to resume (Ray writes a
+storage marker; the workers report no checkpoints to Ray, ours are the run's own files,
+which ``--resume`` reads), so the folder is removed when training ends, finished or
+failed: a run directory holds only the run's outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,9 @@ from nsa.train.trainer import TrainConfig, run_worker
 
 from nsa.errors import UserError
 from nsa.progress_relay import relayed_progress
+
+#: Ray Train's storage folder in the run directory, there only while training runs.
+RAY_STORAGE = "ray"
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
@@ -55,6 +66,7 @@ def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> 
 
     use_gpu = device.type == "cuda"
     run_dir = run_dir.resolve()
+    storage = run_dir / RAY_STORAGE
     with ray_session(config.address, None), \
             relayed_progress("examples", config.progress) as progress_queue:
         trainer = TorchTrainer(
@@ -64,7 +76,7 @@ def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> 
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
             run_config=RunConfig(
-                name="ray-train", storage_path=str(run_dir / "ray"),
+                name="ray-train", storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=0),
             ),
         )
@@ -75,3 +87,6 @@ def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> 
             if user_error is not None:
                 raise type(user_error)(str(user_error).splitlines()[0]) from None
             raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(storage)

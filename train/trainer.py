@@ -210,6 +210,11 @@ def train(config: TrainConfig, given: Collection[str] | None = None) -> Path:
     """
     if config.resume:
         run_dir, config = resume_config(config, given)
+        step = finished_step(run_dir)
+        if step is not None:
+            print(f"note: {run_dir}: the run is finished (step {step} of {step}); nothing "
+                  "to resume", file=sys.stderr)
+            return run_dir
     check_config(config)
     device = resolve_device(config.device)
     stores = open_training_stores(config.shards)
@@ -247,7 +252,8 @@ def resume_config(config: TrainConfig, given: Collection[str] | None) -> tuple[P
     where-and-how-fast settings (``RESUME_OVERRIDES``) taken from ``config``.
 
     Raises UserError naming the option when one in ``given`` differs from the recorded
-    run (it cannot change without making another run), and when there is no checkpoint.
+    run (it cannot change without making another run), and when there is no checkpoint
+    of an unfinished run (:func:`finished_step`).
     """
     run_dir = Path(config.resume)
     record = ckpt.read_config(run_dir)
@@ -277,10 +283,26 @@ def resume_config(config: TrainConfig, given: Collection[str] | None) -> tuple[P
                 "and --resume continues it as it was (start a new run with --out to change it)"
             )
     config = replace(recorded, **{name: getattr(config, name) for name in RESUME_OVERRIDES})
-    if not (run_dir / ckpt.CHECKPOINT_FILE).exists():
+    if not (run_dir / ckpt.CHECKPOINT_FILE).exists() and finished_step(run_dir) is None:
         raise UserError(f"--resume {run_dir}: no checkpoint to continue from (it stopped "
                         "before its first); start it anew with its command and --overwrite")
     return run_dir, config
+
+
+def finished_step(run_dir: Path) -> int | None:
+    """The run's last step when it is finished: its model.pt was saved at the
+    ``total_steps`` of its config.json. None while it is not (no model.pt, or one that
+    is unreadable or of another step: resuming from the checkpoint writes it anew)."""
+    path = run_dir / ckpt.MODEL_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = ckpt.load_state(path)
+    except UserError:
+        return None
+    step = state.get("step") if isinstance(state, dict) else None
+    total = ckpt.read_config(run_dir).get("total_steps")
+    return step if isinstance(step, int) and step == total else None
 
 
 def check_stores_unchanged(run_dir: Path, stores: list[StoreInfo]) -> None:

@@ -96,7 +96,7 @@ def test_the_anomaly_rate_check_is_quiet_at_half_and_above(tmp_path, capsys):
     store.group["labels"][:] = [1, 0, 0, 0]
     store.group["reason"][:] = [0, 2, 2, 1]
     message = check_anomaly_rate(store)
-    assert "1 of 4 examples (25%)" in message and "'no-placement' (2 examples)" in message
+    assert "1 of 4 examples (25.0%)" in message and "'no-placement' (2 examples)" in message
     assert capsys.readouterr().err.count("warning: ") == 1
     assert shards.open_store(path, allow_incomplete=True).attrs["warnings"] == [message]
 

@@ -14,7 +14,8 @@ pytest.importorskip("nsa.ray_session", reason="nsa.ray_session (nsa-gen, issue 8
 
 def test_two_ray_train_workers_train_one_model(tmp_path, make_store, capfd):
     """... and rank 0's progress reaches this process's stderr (a log here: plain lines),
-    although Ray passes none of its workers' output on."""
+    although Ray passes none of its workers' output on; the run folder holds only the
+    run's files (Ray Train's storage folder, RUN/ray, is gone)."""
     store = make_store(tmp_path / "s.zarr", n=64, chunk_size=8)
     run = train(TrainConfig(shards=[str(store)], out=str(tmp_path / "run"), steps=4,
                             batch_size=8, workers=2, loader_workers=0, progress=True,
@@ -30,3 +31,6 @@ def test_two_ray_train_workers_train_one_model(tmp_path, make_store, capfd):
     assert config["config"]["final_layer"] == "transposed"
     assert model.decoder[-1].weight.shape == (16, 1, 7, 7)  # what the workers trained
     assert not model.training
+    assert sorted(path.name for path in run.iterdir()) == [
+        "checkpoint.pt", "config.json", "loss.png", "metrics.jsonl", "model.pt",
+        "predictions.png"]

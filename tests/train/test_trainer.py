@@ -164,6 +164,22 @@ def test_a_run_recorded_with_num_workers_resumes_with_those_workers(finished_run
 def test_resuming_a_run_without_a_checkpoint_says_how_to_start_it_anew(finished_run, tmp_path):
     run = tmp_path / "early"
     shutil.copytree(finished_run, run)
-    (run / "checkpoint.pt").unlink()  # stopped before its first checkpoint
+    (run / "checkpoint.pt").unlink()  # stopped before its first checkpoint: no model
+    (run / "model.pt").unlink()
     with pytest.raises(UserError, match=r"no checkpoint to continue from .*--overwrite"):
         resume_config(TrainConfig(resume=str(run)), given=[])
+
+
+def test_resuming_a_finished_run_says_so_and_touches_nothing(finished_run, tmp_path, capsys):
+    """... not even its stores (gone here) or its checkpoint (a finished run needs none)."""
+    run = tmp_path / "done"
+    shutil.copytree(finished_run, run)
+    record = json.loads((run / "config.json").read_text())
+    record["config"]["shards"] = [str(tmp_path / "deleted.zarr")]
+    (run / "config.json").write_text(json.dumps(record))
+    (run / "checkpoint.pt").unlink()
+    before = {path.name: path.stat().st_mtime_ns for path in run.iterdir()}
+    assert train(TrainConfig(resume=str(run), progress=False)) == run
+    assert capsys.readouterr().err == (
+        f"note: {run}: the run is finished (step 32 of 32); nothing to resume\n")
+    assert {path.name: path.stat().st_mtime_ns for path in run.iterdir()} == before
