@@ -1,27 +1,29 @@
 """Benchmark ``nsa-gen`` on ELPV at 256 px: rates, scaling, disk size, peak memory.
 
-Measured in one run, so the ratios compare like with like on the same (possibly busy)
-machine; every rate is the best of 3 runs:
+This machine kind runs at one of two speeds a third apart and switches between them every
+few seconds to minutes (the host's load; no steal time shows), so a rate is only compared
+with the engine's rate measured right around it:
 
-1. the engine alone: ``make_example`` in a loop in this process (examples/s), and the same
-   loop in 2 processes at once (no Ray, no store): what this machine's cores deliver in
-   parallel, the ceiling for 2 workers (on a virtual machine whose 2 vCPUs share a
-   physical core, or under other tenants' load, it is well below twice one process); the
-   one-process loop is timed again between and after the timed runs of 2., and each of
-   those runs is compared with the mean of the engine rates around it (on a shared virtual
-   machine the speed of the same loop drifts by a third over minutes);
+1. the engine alone: ``make_example`` in a loop in this process (examples/s, best of 3),
+   and the same loop in 2 processes at once (no Ray, no store), between two timings of
+   one: what this machine's cores deliver in parallel, the ceiling for 2 workers (on a
+   virtual machine whose 2 vCPUs share a physical core, or under other tenants' load, it
+   is well below twice one process);
 2. the generation phase of ``nsa-gen`` (``run_shards``: Ray tasks making, compressing and
-   writing whole shards) with 1 and with 2 workers, in a warm Ray session, so Ray's
-   start, worker start-up and image loading are not counted; the timed stores have the
-   shard layout of a large store (``--shard-chunks``, default: that of 200,000 examples)
-   and ``--n`` should be a multiple of twice the shard size, so both workers get equal
-   work;
-3. CPU milliseconds per example of the engine (``time.process_time``) and of the
-   generation phase with 1 and 2 workers (summed over the driver and every process of its
-   Ray session, read from ``/proc``: the workers', and the rest's: raylet, GCS, agents, log
-   monitor, driver). Other processes' load distorts these far less than rates. "engine CPU
-   / generation CPU" is the share of the CPU spent that makes examples: with every core
-   busy, 2 workers reach about that share of twice the engine rate, and no more;
+   writing whole shards) with 1 and with 2 workers, in a warm Ray session (Ray's start,
+   worker start-up and image loading are not counted), ``--rounds`` times each, every
+   run between two timings of the engine loop in the driver. A round is *steady* when
+   those two engine rates are within 5% of each other; the figure is the median over
+   the steady rounds of the run's rate over (workers x the engine's mean rate around it).
+   The timed stores have the shard layout of a large store (``--shard-chunks``, default:
+   that of 200,000 examples) and ``--n`` should be a multiple of twice the shard size, so
+   both workers get equal work;
+3. CPU milliseconds per example of the engine loops (``time.process_time``) and of each
+   generation run (summed over the driver and every process of its Ray session, read
+   from ``/proc``: the workers', and the rest's: raylet, GCS, agents, log monitor,
+   driver). "engine CPU / generation CPU" is the share of the CPU spent that makes
+   examples: with every core busy, 2 workers reach about that share of twice the engine
+   rate, and no more;
 4. the same without Ray or a second process (``store_path_cpu``): CPU per example of the
    engine, of making one whole shard's arrays (``shard_data``) and of writing it
    (``Store.write_shard``), over the same examples: the share of a task's CPU that is the
@@ -34,7 +36,7 @@ machine; every rate is the best of 3 runs:
    until it has touched every source image in the object store (zero-copy reads), then
    stays flat: the first value of N should be large enough for that (1000 is, for ELPV).
 
-Run: ``.venv/bin/python bench/generation.py`` (about 2 minutes on 2 idle cores).
+Run: ``.venv/bin/python bench/generation.py`` (about 4 minutes on 2 idle cores).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import cv2
+import numpy as np
 from nsa.generate import shards
 from nsa.generate.generation import run_shards, shard_data
 from nsa.generate.images import load_images
@@ -64,6 +67,10 @@ from nsa.ray_session import ray_session
 #: Each rate is the best of this many runs: on a shared machine other processes' bursts
 #: only ever slow a run down, so the fastest run is the closest to the unloaded rate.
 REPEATS = 3
+#: A generation run counts when the engine's rates before and after it differ by at most
+#: this share: this machine kind switches between two speeds a third apart (the host's
+#: load, not visible as steal time), and a round across a switch compares unlike things.
+STEADY = 0.05
 
 
 def _engine(cell_type: str, size: int) -> tuple[SourceSet, dict[str, Any]]:
@@ -172,13 +179,32 @@ def store_path_cpu(cell_type: str, size: int, shard_chunks: int,
     return StorePathFigures(*(1e3 * min(seconds) / rows for seconds in (engine, fill, write)))
 
 
-class GenerationFigures(NamedTuple):
-    """Best of ``REPEATS`` timed runs: examples/s, and CPU ms per example in the Ray
-    workers and in every other process of the session (driver, raylet, GCS, agents)."""
+class Round(NamedTuple):
+    """One timed generation run and the engine timed just before and after it, in the
+    driver of the same Ray session (examples/s); CPU ms per example of the run in the Ray
+    workers and in every other process of the session (driver, raylet, GCS, agents), and
+    of the engine loops."""
 
     rate: float
+    engine_before: float
+    engine_after: float
     worker_cpu_ms: float
     other_cpu_ms: float
+    engine_cpu_ms: float
+
+    @property
+    def engine(self) -> float:
+        return (self.engine_before + self.engine_after) / 2
+
+    @property
+    def steady(self) -> bool:
+        """Whether the machine kept its speed through the round: the engine before and
+        after it within ``STEADY`` of each other."""
+        return abs(self.engine_before - self.engine_after) <= STEADY * self.engine
+
+    def share(self, workers: int) -> float:
+        """The run's rate over ``workers`` times the engine's around it."""
+        return self.rate / (workers * self.engine)
 
 
 def _cpu_seconds(pid: int) -> tuple[str, float] | None:
@@ -225,17 +251,21 @@ def _cpu_split(before: dict[int, tuple[str, float]],
     return workers, other
 
 
-def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path,
-                    shard_chunks: int) -> GenerationFigures:
-    """Examples/s and CPU per example of the generation phase (``run_shards``) with
-    ``workers`` tasks at once.
+def generation_rounds(cell_type: str, size: int, n: int, workers: int, work: Path,
+                      shard_chunks: int, rounds: int, engine_n: int
+                      ) -> tuple[list[Round], float]:
+    """``rounds`` timed runs of the generation phase (``run_shards``) with ``workers``
+    tasks at once, each between two timings of the engine loop (``engine_n`` examples) in
+    this process.
 
-    Ray is started, the workers warmed up (first tasks import the engine) and the images
-    loaded before the clock starts: this is the rate a long run settles at.
+    Ray is started, every worker warmed up (its first task imports the engine) and the
+    images loaded before the first round: this is the rate a long run settles at. Also
+    returns :func:`counted_engine_share` of one more store of ``n`` examples.
     """
     settings = resolve_settings("elpv", {"size": size})
     source = elpv_source(cell_type)
     sources = prepare_sources(load_images(source.files, size), settings)
+    engine_sources, engine_settings = _engine(cell_type, size)
     height, width, channels = sources.shape
 
     def store(name: str, count: int, chunks_a_shard: int) -> shards.Store:
@@ -245,20 +275,75 @@ def generation_rate(cell_type: str, size: int, n: int, workers: int, work: Path,
                             attrs={}, shard_chunks=min(chunks_a_shard, chunks))
         return shards.open_store(work / name, allow_incomplete=True, mode="r+")
 
+    def engine() -> tuple[float, float]:
+        began, end, cpu = _timed_loop(engine_sources, engine_settings, 0, engine_n)
+        return engine_n / (end - began), cpu
+
     with ray_session(None, workers):
         # shards of one chunk, 2 a worker: every worker gets a task and imports the engine
         warm = store(f"warm{workers}.zarr", 2 * workers * shards.DEFAULT_CHUNK_SIZE, 1)
         run_shards(warm, sources, settings, 0, workers, progress=False)
-        rates, cpu = [], []
-        for repeat in range(REPEATS):
-            timed = store(f"w{workers}-{repeat}.zarr", n, shard_chunks)
-            before = _tree_cpu()
+        timed: list[Round] = []
+        for repeat in range(rounds):
+            target = store(f"w{workers}-{repeat}.zarr", n, shard_chunks)
+            before, before_cpu = engine()
+            cpu_before = _tree_cpu()
             start = time.perf_counter()
-            run_shards(timed, sources, settings, 0, workers, progress=False)
-            rates.append(n / (time.perf_counter() - start))
-            cpu.append(_cpu_split(before, _tree_cpu()))
-    worker_s, other_s = min(cpu, key=sum)
-    return GenerationFigures(max(rates), 1e3 * worker_s / n, 1e3 * other_s / n)
+            run_shards(target, sources, settings, 0, workers, progress=False)
+            rate = n / (time.perf_counter() - start)
+            worker_s, other_s = _cpu_split(cpu_before, _tree_cpu())
+            after, after_cpu = engine()
+            timed.append(Round(rate, before, after, 1e3 * worker_s / n, 1e3 * other_s / n,
+                               1e3 * (before_cpu + after_cpu) / (2 * engine_n)))
+        share = counted_engine_share(store(f"c{workers}.zarr", n, shard_chunks), sources,
+                                     settings)
+    return timed, share
+
+
+def _counted_shard_task(run: str, path: Any, sources_ref: list[Any], settings: dict[str, Any],
+                        shard: int) -> float:
+    """``nsa-gen``'s own task for ``shard`` (seed 0), with the CPU seconds of its
+    ``make_example`` calls counted on their thread and returned."""
+    from nsa.generate import generation, synthesis
+
+    spent = [0.0]
+
+    def counted(*args: Any) -> Any:
+        began = time.thread_time()
+        try:
+            return synthesis.make_example(*args)
+        finally:
+            spent[0] += time.thread_time() - began
+
+    generation.make_example = counted
+    try:
+        generation._write_shard_task(run, path, sources_ref, settings, 0, shard)
+    finally:
+        generation.make_example = synthesis.make_example
+    return spent[0]
+
+
+def counted_engine_share(target: shards.Store, sources: SourceSet,
+                         settings: dict[str, Any]) -> float:
+    """The engine's share of all the CPU a generation of ``target`` costs (Ray must be
+    running): the CPU of ``make_example`` counted inside the tasks, over the CPU of every
+    process of the session in the same span. Both are measured at the same time, so the
+    machine's changes of speed cancel out (the rates of :class:`Round` cannot avoid them).
+    The tasks are submitted all at once, not by ``run_shards``; Ray runs as many at a time
+    as it has CPUs."""
+    import ray
+    from ray import cloudpickle
+
+    if __name__ != "__main__":  # loaded from its path (tests): workers cannot import it
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    task = ray.remote(num_cpus=1, max_retries=0)(_counted_shard_task)
+    sources_ref = ray.put(sources)
+    path = target.location.absolute()
+    before = _tree_cpu()
+    engine_s = sum(ray.get([task.remote("counted", path, [sources_ref], settings, shard)
+                            for shard in range(target.n_shards)]))
+    worker_s, other_s = _cpu_split(before, _tree_cpu())
+    return engine_s / (worker_s + other_s)
 
 
 def _session_members(sid: int) -> list[int]:
@@ -308,6 +393,30 @@ def peak_memory(cell_type: str, n: int, work: Path) -> tuple[float, float, float
     return peak_rss / 1e3, peak_pss / 1e3, time.perf_counter() - start
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def summarise(rounds: list[Round], workers: int) -> str:
+    """One line per worker count: the median of the steady rounds (all rounds when none
+    is steady, said so) of the rate, its share of ``workers`` times the engine around it,
+    and the CPU split."""
+    steady = [r for r in rounds if r.steady]
+    used = steady or rounds
+    shares = [r.share(workers) for r in used]
+    total = [r.worker_cpu_ms + r.other_cpu_ms for r in used]
+    what = (f"{len(steady)} steady rounds of {len(rounds)}" if steady else
+            f"NO steady round of {len(rounds)}: the machine changed speed in every one")
+    label = f"{workers} worker{'s' * (workers > 1)}"
+    return (f"nsa-gen generation, {label}: {_median([r.rate for r in used]):7.1f} examples/s, "
+            f"{_median(shares):.0%} of {workers}x the engine (median of {what}; every round: "
+            + ", ".join(f"{r.share(workers):.0%}{'' if r.steady else '*'}" for r in rounds)
+            + f")\n  CPU per example: {_median(total):.3f} ms (workers "
+            f"{_median([r.worker_cpu_ms for r in used]):.3f}, Ray's other processes and the "
+            f"driver {_median([r.other_cpu_ms for r in used]):.3f}); engine CPU / generation "
+            f"CPU {_median([r.engine_cpu_ms / t for r, t in zip(used, total, strict=True)]):.0%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--type", default="mono", dest="cell_type")
@@ -315,6 +424,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4096, help="examples per timed run")
     parser.add_argument("--shard-chunks", type=int, help="chunks per shard of the timed "
                         "stores (default: the layout of a 200,000-example store)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="timed runs per worker count, each between two engine timings")
     parser.add_argument("--engine-n", type=int, default=256)
     parser.add_argument("--memory-n", type=int, nargs=2, default=(1000, 8000))
     args = parser.parse_args()
@@ -324,17 +435,14 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="nsa-bench-gen-"))
     try:
-        # The engine is timed before, between and after the timed runs, and each run is
-        # compared with the two around it: this machine's speed drifts over minutes.
-        engines = [engine_rate(args.cell_type, args.size, args.engine_n)]
+        before = engine_rate(args.cell_type, args.size, args.engine_n)
         parallel, parallel_cpu = parallel_engine_rate(args.cell_type, args.size,
                                                       args.engine_n, 2)
+        after = engine_rate(args.cell_type, args.size, args.engine_n)
         path = store_path_cpu(args.cell_type, args.size, shard_chunks, work)
-        one_run = generation_rate(args.cell_type, args.size, args.n, 1, work, shard_chunks)
-        engines.append(engine_rate(args.cell_type, args.size, args.engine_n))
-        two_run = generation_rate(args.cell_type, args.size, args.n, 2, work, shard_chunks)
-        engines.append(engine_rate(args.cell_type, args.size, args.engine_n))
-        one, two = one_run.rate, two_run.rate
+        rounds = {workers: generation_rounds(args.cell_type, args.size, args.n, workers, work,
+                                             shard_chunks, args.rounds, args.engine_n)
+                  for workers in (1, 2)}
         store = work / "w2-0.zarr"
         on_disk = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         memory = [peak_memory(args.cell_type, n, work) for n in args.memory_n]
@@ -345,33 +453,22 @@ def main() -> None:
           f"chunks of {shards.DEFAULT_CHUNK_SIZE}, CPUs: {os.cpu_count()}, "
           f"load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} "
           "(other processes' load distorts the 2-worker figures)")
-    engine_one, engine_two = ((engines[k][0] + engines[k + 1][0]) / 2 for k in (0, 1))
-    cpu_one, cpu_two = ((engines[k][1] + engines[k + 1][1]) / 2 for k in (0, 1))
-    print("engine, 1 process, make_example loop: "
-          + " / ".join(f"{rate:.1f}" for rate, _ in engines)
-          + " examples/s (before / between / after the timed runs; each run is compared "
-          "with the mean of the two around it)")
-    print(f"engine, 2 processes at once:          {parallel:8.1f} examples/s "
-          f"({parallel / engines[0][0]:.2f}x one process: this machine's parallel ceiling)")
-    print(f"nsa-gen generation, 1 worker:          {one:8.1f} examples/s "
-          f"({one / engine_one:.0%} of the engine)")
-    print(f"nsa-gen generation, 2 workers:         {two:8.1f} examples/s")
-    print(f"scaling 1 -> 2 workers:                {two / one:8.2f}x")
-    print(f"2 workers vs 2x the engine:            {two / (2 * engine_two):8.0%}")
-    print(f"2 workers vs 2 engine processes:       {two / parallel:8.0%}")
-    print("CPU per example, engine:               "
-          + " / ".join(f"{cpu:.3f}" for _, cpu in engines)
-          + f" ms (2 processes at once: {parallel_cpu:.3f} ms)")
+    engine = (before[0] + after[0]) / 2
+    print(f"engine, 1 process, make_example loop: {before[0]:.1f} / {after[0]:.1f} examples/s "
+          f"(before / after the next line), {before[1]:.3f} / {after[1]:.3f} CPU ms per example")
+    print(f"engine, 2 processes at once:          {parallel:.1f} examples/s, {parallel_cpu:.3f} "
+          f"CPU ms per example ({parallel / engine:.2f}x one process: this machine's parallel "
+          "ceiling)")
     stored = path.fill_ms + path.write_ms
     print(f"CPU per example, 1 process, no Ray:   engine {path.engine_ms:.3f} ms, filling a "
           f"shard's arrays +{path.fill_ms - path.engine_ms:.3f} ms, checksums and writing "
           f"+{path.write_ms:.3f} ms: engine / all {path.engine_ms / stored:.0%}")
-    for count, run, engine_cpu in ((1, one_run, cpu_one), (2, two_run, cpu_two)):
-        total = run.worker_cpu_ms + run.other_cpu_ms
-        print(f"CPU per example, {count} worker{'s' * (count > 1)}:{' ' * (count == 1)}          "
-              f"{total:8.3f} ms (workers {run.worker_cpu_ms:.3f}, Ray's other processes and "
-              f"the driver {run.other_cpu_ms:.3f}); engine CPU / generation CPU "
-              f"{engine_cpu / total:.0%}")
+    print("Each generation round is compared with the engine timed just before and after it "
+          f"in the same Ray session; * = not steady (those engine rates {STEADY:.0%} apart)")
+    for workers, (timed, share) in rounds.items():
+        print(summarise(timed, workers))
+        print(f"  engine CPU counted inside the tasks / all the session's CPU at the same "
+              f"time: {share:.0%} (immune to the machine's changes of speed)")
     codecs = ", ".join(f"{name}: {codec.cname.value} {codec.clevel} {codec.shuffle.value}"
                        for name, codec in (("images", shards.COMPRESSOR),
                                            ("label maps", shards.MASK_COMPRESSOR)))

@@ -32,3 +32,33 @@ def test_store_path_figures_split_a_shards_cpu_into_engine_filling_and_writing(
     assert figures.fill_ms > 0
     store = generation.shards.open_store(tmp_path / "path0.zarr", allow_incomplete=True)
     assert store.n == 8 and store.written_chunks().all()
+
+
+def test_rounds_across_a_change_of_machine_speed_are_left_out_of_the_figures():
+    generation = bench_script("generation")
+    Round = generation.Round
+    rounds = [Round(180.0, 100.0, 100.0, 5.0, 0.5, 4.5),  # 90% of 2x, steady
+              Round(150.0, 100.0, 70.0, 5.0, 0.5, 4.5),  # the machine slowed down: left out
+              Round(170.0, 100.0, 98.0, 5.0, 0.5, 4.5)]  # 86%, steady
+    assert [r.steady for r in rounds] == [True, False, True]
+    line = generation.summarise(rounds, 2)
+    assert "88% of 2x the engine (median of 2 steady rounds of 3" in line
+    assert "90%, 88%*, 86%" in line and "engine CPU / generation CPU 82%" in line
+    unsteady = generation.summarise(rounds[1:2], 2)
+    assert "NO steady round of 1" in unsteady and "88% of 2x" in unsteady
+
+
+def test_the_engine_share_is_counted_inside_nsa_gens_own_tasks(monkeypatch, tmp_path):
+    generation = bench_script("generation")
+    monkeypatch.setattr(generation.shards, "DEFAULT_CHUNK_SIZE", 4)
+    settings = generation.resolve_settings("elpv", {"size": 32})
+    sources = generation.prepare_sources(
+        generation.load_images(generation.elpv_source("mono").files[:8], 32), settings)
+    generation.shards.create_store(tmp_path / "c.zarr", n=16, height=32, width=32,
+                                   channels=1, chunk_size=4, attrs={}, shard_chunks=2)
+    store = generation.shards.open_store(tmp_path / "c.zarr", allow_incomplete=True,
+                                         mode="r+")
+    with generation.ray_session(None, 1):
+        share = generation.counted_engine_share(store, sources, settings)
+    assert 0 < share < 1
+    assert store.written_chunks().all()  # the real tasks wrote every shard
