@@ -40,6 +40,11 @@ INTERVAL_VARIABLE = "NSA_PROGRESS_INTERVAL"
 #: Seconds between two progress lines in a log when ``NSA_PROGRESS_INTERVAL`` is not set.
 DEFAULT_INTERVAL = 30.0
 
+#: Redraws a second of the bar on a terminal: rich's default of 10 wrote ~300 KB of
+#: redraws in a 70 s training (what a terminal recording or a slow SSH link carries); a
+#: rate and an ETA do not need more than 2.
+TERMINAL_REFRESH_PER_SECOND = 2
+
 
 def task_speed(task: Task) -> float | None:
     """Completed units per second, averaged by rich over its recent samples (the last
@@ -191,4 +196,5 @@ def progress_bar(unit: str = "examples") -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
+        refresh_per_second=TERMINAL_REFRESH_PER_SECOND,
     )

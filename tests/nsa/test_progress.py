@@ -164,6 +164,20 @@ def test_a_terminal_keeps_richs_bar(monkeypatch):
     assert "verifying: " not in shown and "elapsed" not in shown
 
 
+def test_a_terminal_bar_is_redrawn_twice_a_second(monkeypatch):
+    _clean_terminal_environment(monkeypatch)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    stream = sys.stderr
+    with progress_bar("chunks") as bar:
+        task = bar.add_task("verifying", total=150)
+        for _ in range(150):  # 1.5 s, advancing every 10 ms
+            time.sleep(0.01)
+            bar.advance(task)
+    drawn = stream.getvalue().count("chunks/s")
+    assert 2 <= drawn <= 6  # 3 redraws and the last; rich's default would draw ~15
+
+
 @pytest.mark.parametrize("stream", [io.StringIO(), Terminal()], ids=["file", "dumb-terminal"])
 def test_a_file_or_a_dumb_terminal_gets_lines_from_richs_refresh_thread(monkeypatch, stream):
     """No clock of our own and no refresh by hand: rich's thread writes the lines."""
