@@ -54,14 +54,12 @@ MIN_SPEED_SPAN = 5.0
 
 def task_speed(task: Task) -> float | None:
     """Completed units per second, averaged by rich over its recent samples (the last
-    30 s); the speed at the end for a finished task; None while the samples span less
-    than ``MIN_SPEED_SPAN`` seconds."""
-    if task.finished_speed:
-        return task.finished_speed
+    30 s); the speed at the end for a finished task; None while, or when at the end, the
+    samples span less than ``MIN_SPEED_SPAN`` seconds."""
     samples = task._progress  # rich's own samples, the ones its speed averages
     if len(samples) < 2 or samples[-1].timestamp - samples[0].timestamp < MIN_SPEED_SPAN:
         return None
-    return task.speed
+    return task.finished_speed or task.speed
 
 
 def time_remaining(task: Task) -> str:
@@ -83,7 +81,7 @@ class RemainingColumn(ProgressColumn):
 
 
 class RateColumn(ProgressColumn):
-    """Completed units per second (:func:`task_speed`), ``-`` while unknown."""
+    """Completed units per second (:func:`task_speed`), ``- unit/s`` while unknown."""
 
     def __init__(self, unit: str) -> None:
         super().__init__()
@@ -91,7 +89,7 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task_speed(task)
-        return Text("-" if speed is None else f"{speed:,.1f} {self.unit}/s")
+        return Text(f"{'-' if speed is None else f'{speed:,.1f}'} {self.unit}/s")
 
 
 def progress_interval() -> float:

@@ -180,6 +180,18 @@ def test_a_rate_and_an_eta_wait_for_samples_over_5_s():
     bar.stop()
 
 
+def test_a_task_that_ends_within_5_s_has_no_rate_at_the_end():
+    """Its last line said 1,529.2 examples/s for 512 examples made in 1 to 2 s."""
+    bar, clock, stream = _log(interval=1)
+    bar.start()
+    task = bar.add_task("generating", total=512)
+    _step(bar, task, clock, at=1.0, n=256)
+    _step(bar, task, clock, at=1.2, n=256)
+    bar.stop()
+    assert _lines(stream)[-1] == ("generating: 512/512 examples (100.0%)  - examples/s  "
+                                  "elapsed 0:00:01  ETA 0:00:00")
+
+
 def test_a_terminal_bar_is_redrawn_twice_a_second(monkeypatch):
     _clean_terminal_environment(monkeypatch)
     monkeypatch.setenv("TERM", "xterm-256color")
