@@ -33,7 +33,7 @@ from typing import Any
 
 from nsa.evaluate.run import evaluate
 from nsa.generate.generation import generate_store
-from nsa.generate.shards import FORMAT_VERSION, StoreError, open_store
+from nsa.generate.shards import FORMAT_VERSION, StoreError, StoreVersionError, open_store
 from nsa.pipelines.config import Job, PipelineConfig
 from nsa.pipelines.markers import (
     StageState,
@@ -117,13 +117,17 @@ def plan_job(config: PipelineConfig, job: Job) -> JobPlan:
                    {"generate": gen_hash, "train": train_hash, "evaluate": eval_hash})
 
 
-def store_complete(store: Path | str) -> bool:
-    """Whether ``store`` opens as a complete NSA store."""
+def store_state(store: Path | str) -> StageState:
+    """DONE when ``store`` opens as a complete NSA store; FRESH when it is one of another
+    format version (made by another release: it is made anew, as resuming it is refused);
+    INTERRUPTED otherwise (missing, incomplete or damaged: make what is missing)."""
     try:
         open_store(store)
+    except StoreVersionError:
+        return StageState.FRESH
     except StoreError:
-        return False
-    return True
+        return StageState.INTERRUPTED
+    return StageState.DONE
 
 
 def run_complete(run: Path) -> bool:
@@ -140,14 +144,18 @@ def read_metrics(path: Path) -> dict[str, Any] | None:
     return metrics if isinstance(metrics, dict) and "categories" in metrics else None
 
 
+#: Of a marker's state and its store's, the one asking for more work (later here) wins.
+_GENERATE_ORDER = (StageState.DONE, StageState.INTERRUPTED, StageState.FRESH)
+
+
 def run_generate(config: PipelineConfig, plan: JobPlan, progress: bool) -> bool:
     """Generate the job's store unless done; return True when work was done."""
     directory, digest = plan.job.directory, plan.hashes["generate"]
     state = stage_state(directory, "generate", digest)
-    if state is StageState.DONE:
-        if store_complete(plan.store):
+    if state is not StageState.FRESH:  # done or interrupted: as its store is now
+        state = max(state, store_state(plan.store), key=_GENERATE_ORDER.index)
+        if state is StageState.DONE:
             return False
-        state = StageState.INTERRUPTED  # gone or incomplete: make what is missing
     opts = dict(plan.generate)
     write_marker(directory, "generate", digest, done=False)
     generate_store(

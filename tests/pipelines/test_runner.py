@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import zarr
+from nsa.generate.shards import FORMAT_VERSION, open_store
 from nsa.pipelines.config import load_config
 from nsa.pipelines.runner import LOG_FILE, run_pipeline
 
@@ -72,6 +74,12 @@ def test_a_rerun_redoes_exactly_the_stages_whose_settings_or_outputs_changed(
     shutil.rmtree(job / "shards.zarr")
     assert run("c.toml", protocol="mvtec", steps=3) == ["generate", "train", "evaluate"]
     assert run("c.toml", protocol="mvtec", steps=3) == []
+    # a store of another format version (put there by hand, or an earlier run's) is made
+    # anew: resuming it is refused, and every run failed the same way
+    version = zarr.open_group(str(job / "shards.zarr"), mode="r+").attrs
+    version["format_version"] = FORMAT_VERSION - 1
+    assert run("c.toml", protocol="mvtec", steps=3) == ["generate", "train", "evaluate"]
+    assert open_store(job / "shards.zarr").attrs["format_version"] == FORMAT_VERSION
 
 
 def test_a_failed_category_is_reported_and_the_others_finish(tiny_config, two_categories, local_ray,
