@@ -531,6 +531,19 @@ class Run:
             self._fit()
         except UserError as exc:
             raise type(exc)(f"{exc}; {self._stopped()}") from exc
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say what --resume will find
+            if self.main:
+                print(f"note: {self.run_dir}: {self._resumable()}", file=sys.stderr)
+            raise
+
+    def _resumable(self) -> str:
+        """Where an interrupted run stopped and what ``--resume`` continues from."""
+        stopped = self._stopped()
+        if self.saved_step is not None and (self.run_dir / ckpt.CHECKPOINT_FILE).exists():
+            return f"{stopped}; --resume {self.run_dir} continues from there"
+        return (f"{stopped}; checkpoints come every {self.config.checkpoint_every} steps "
+                "(--checkpoint-every), so this run cannot be resumed: start it anew with "
+                "its command and --overwrite")
 
     def _fit(self) -> None:
         config = self.config

@@ -183,3 +183,35 @@ def test_resuming_a_finished_run_says_so_and_touches_nothing(finished_run, tmp_p
     assert capsys.readouterr().err == (
         f"note: {run}: the run is finished (step 32 of 32); nothing to resume\n")
     assert {path.name: path.stat().st_mtime_ns for path in run.iterdir()} == before
+
+
+@pytest.mark.parametrize("every", [2, 200])
+def test_an_interrupted_run_says_where_it_stopped_and_whether_it_resumes(
+        tmp_path, make_store, monkeypatch, capsys, every):
+    """Ctrl-C (KeyboardInterrupt) at step 5: what --resume will find, in one note line."""
+    from nsa.train import trainer
+
+    store = make_store(tmp_path / "s.zarr", n=64, chunk_size=8)
+    step = trainer.Run.train_step
+
+    def interrupted_at_5(self, batch):
+        if self.step == 5:
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(trainer.Run, "train_step", interrupted_at_5)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(shards=[str(store)], out=str(run), steps=20, checkpoint_every=every,
+                          **FAST))
+    note = capsys.readouterr().err.splitlines()[-1]
+    if every == 2:
+        assert note == (f"note: {run}: training stopped at step 5 (the checkpoint of step 4 "
+                        f"is kept); --resume {run} continues from there")
+        assert load_state(run / "checkpoint.pt")["step"] == 4
+    else:
+        assert note == (f"note: {run}: training stopped at step 5 (no checkpoint was "
+                        "written); checkpoints come every 200 steps (--checkpoint-every), so "
+                        "this run cannot be resumed: start it anew with its command and "
+                        "--overwrite")
+        assert not (run / "checkpoint.pt").exists()
