@@ -83,14 +83,14 @@ def likely_cause(reason: np.ndarray, boxes: np.ndarray, names: Sequence[str],
         preset_size = PRESETS.get(settings.get("preset"), {}).get("size")
         larger = (f"a larger --size (the preset's is {preset_size})"
                   if size and preset_size and size < preset_size else "a larger --size")
-        cause = (f"the images are small for the preset's patches (--size {size}): {small} "
-                 f"of the {normal} examples without an anomaly had only patches under "
+        cause = (f"the images are small for the preset's patches (--size {size}): {small:,} "
+                 f"of the {normal:,} examples without an anomaly had only patches under "
                  f"{SMALL_PATCH} px across or blending regions under {MIN_BLEND_PIXELS} "
                  f"pixels, too few pixels to leave a change the label keeps; {larger} "
                  "makes more anomalies")
     else:
         cause = LIKELY_CAUSES.get(name, "unknown")
-    return (f"; most often no anomaly because of {name!r} ({int(counts[top])} examples), "
+    return (f"; most often no anomaly because of {name!r} ({int(counts[top]):,} examples), "
             f"likely cause: {cause}")
 
 
@@ -107,7 +107,7 @@ def check_anomaly_rate(store: Store) -> str | None:
         return None
     why = likely_cause(np.asarray(store.group["reason"][:]), np.asarray(store.group["boxes"][:]),
                        list(store.attrs.get("reasons", [])), store.attrs.get("settings", {}))
-    message = (f"{store.path}: only {int(labels.sum())} of {labels.size} examples "
+    message = (f"{store.path}: only {int(labels.sum()):,} of {labels.size:,} examples "
                f"({rate:.1%}) are anomalous{why}")
     print(f"warning: {message}", file=sys.stderr)
     warnings = list(store.attrs.get("warnings", []))

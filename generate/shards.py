@@ -682,8 +682,11 @@ def open_store(path: str | Path | Location, *, allow_incomplete: bool = False,
     if attrs.get("format") != FORMAT:
         raise StoreError(f"{path}: not an NSA shard store (format={attrs.get('format')!r})")
     version = attrs.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreDamaged(f"{path}: damaged store: attribute 'format_version' is "
+                           f"{version!r}, not a version number")
     if version != FORMAT_VERSION:
-        older = isinstance(version, int) and version < FORMAT_VERSION
+        older = version < FORMAT_VERSION
         raise StoreVersionError(
             f"{path}: store format version {version!r}, this nsa-pipeline reads version "
             f"{FORMAT_VERSION} only; " + (

@@ -293,6 +293,12 @@ def test_a_store_of_another_format_version_is_refused_in_one_line(tmp_path):
                 f"{store.path}: store format version {older}, this nsa-pipeline reads "
                 "version 3 only; regenerate the store with the nsa-gen command that made it "
                 "and --overwrite (the same seed gives the same examples)")
+    for odd in (None, "3", True):
+        _edit_attrs(store, format_version=odd)
+        with pytest.raises(shards.StoreDamaged) as raised:
+            shards.open_store(store.path, allow_incomplete=True)
+        assert str(raised.value) == (f"{store.path}: damaged store: attribute "
+                                     f"'format_version' is {odd!r}, not a version number")
     _edit_attrs(store, format_version=4)
     with pytest.raises(shards.StoreVersionError, match=r"version 4, .* the nsa-pipeline that "
                                                         r"made it"):
