@@ -470,9 +470,13 @@ class Run:
             with writing(path):
                 ckpt.save_torch({"model": state, "step": self.step}, path)
 
+    def _checkpoint_kept(self) -> bool:
+        """Whether this run's checkpoint of ``saved_step`` is on disk."""
+        return self.saved_step is not None and (self.run_dir / ckpt.CHECKPOINT_FILE).exists()
+
     def _stopped(self) -> str:
         """What a failed run leaves, for the end of its one-line error."""
-        if self.saved_step is not None and (self.run_dir / ckpt.CHECKPOINT_FILE).exists():
+        if self._checkpoint_kept():
             kept = f"the checkpoint of step {self.saved_step} is kept"
         else:
             kept = "no checkpoint was written"
@@ -539,7 +543,7 @@ class Run:
     def _resumable(self) -> str:
         """Where an interrupted run stopped and what ``--resume`` continues from."""
         stopped = self._stopped()
-        if self.saved_step is not None and (self.run_dir / ckpt.CHECKPOINT_FILE).exists():
+        if self._checkpoint_kept():
             return f"{stopped}; --resume {self.run_dir} continues from there"
         return (f"{stopped}; checkpoints come every {self.config.checkpoint_every} steps "
                 "(--checkpoint-every), so this run cannot be resumed: start it anew with "
