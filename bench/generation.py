@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 from nsa.generate import shards
-from nsa.generate.generation import run_shards, shard_data
+from nsa.generate.generation import run_shards, shard_arrays, shard_data
 from nsa.generate.images import load_images
 from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import elpv_source
@@ -157,24 +157,26 @@ def store_path_cpu(cell_type: str, size: int, shard_chunks: int,
                    work: Path) -> StorePathFigures:
     """What a task spends per example besides the engine, measured without Ray or a
     second process: the engine loop, ``shard_data`` and ``write_shard`` over the same
-    examples (one shard of ``shard_chunks`` chunks), alternating, so that the machine's
-    parallel ceiling and Ray play no part."""
+    examples (shards of ``shard_chunks`` chunks, one store), alternating, so that the
+    machine's parallel ceiling and Ray play no part. Like a worker, it fills the same
+    shard arrays and writes through the same open store each time."""
     sources, settings = _engine(cell_type, size)
     rows = shard_chunks * shards.DEFAULT_CHUNK_SIZE
     height, width, channels = sources.shape
+    shards.create_store(work / "path.zarr", n=rows * REPEATS, height=height, width=width,
+                        channels=channels, chunk_size=shards.DEFAULT_CHUNK_SIZE, attrs={},
+                        shard_chunks=shard_chunks)
+    store = shards.open_store(work / "path.zarr", allow_incomplete=True, mode="r+")
+    arrays = shard_arrays(rows, sources.shape)
     engine, fill, write = [], [], []
     for repeat in range(REPEATS):
-        engine.append(_timed_loop(sources, settings, 0, rows)[2])
+        examples = range(repeat * rows, (repeat + 1) * rows)
+        engine.append(_timed_loop(sources, settings, examples.start, rows)[2])
         began = time.process_time()
-        data = shard_data(sources, settings, 0, range(rows))
+        data = shard_data(sources, settings, 0, examples, arrays)
         fill.append(time.process_time() - began)
-        path = work / f"path{repeat}.zarr"
-        shards.create_store(path, n=rows, height=height, width=width, channels=channels,
-                            chunk_size=shards.DEFAULT_CHUNK_SIZE, attrs={},
-                            shard_chunks=shard_chunks)
-        store = shards.open_store(path, allow_incomplete=True, mode="r+")
         began = time.process_time()
-        store.write_shard(0, data)  # compression runs in zarr's threads: process time
+        store.write_shard(repeat, data)  # compression runs in zarr's threads: process time
         write.append(time.process_time() - began)
     return StorePathFigures(*(1e3 * min(seconds) / rows for seconds in (engine, fill, write)))
 

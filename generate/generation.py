@@ -38,6 +38,7 @@ import json
 import shutil
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -66,26 +67,44 @@ IDENTITY_KEYS = ("preset", "settings", "seed", "n", "chunk_size", "height", "wid
                  "channels")
 
 
-def shard_data(sources: SourceSet, settings: dict[str, Any], seed: int,
-               rows: range) -> shards.ChunkData:
-    """Make examples ``rows`` into the stored arrays (one row per example), filled in
-    place so that a task holds one copy of its shard."""
-    count = len(rows)
-    height, width, channels = sources.shape
-    data = shards.ChunkData(
+def shard_arrays(count: int, shape: tuple[int, int, int]) -> shards.ChunkData:
+    """Empty arrays for ``count`` examples of ``shape`` (H, W, C), as :func:`shard_data`
+    fills them (shapes and dtypes as in :func:`~nsa.generate.shards.array_specs`)."""
+    height, width, channels = shape
+    return shards.ChunkData(
         images=np.empty((count, height, width, channels), np.uint8),
         masks=np.empty((count, height, width, 1), np.uint8),
         labels=np.empty(count, np.uint8),
         dest_index=np.empty(count, np.int32),
         source_index=np.empty(count, np.int32),
-        boxes=np.full((count, shards.MAX_PATCHES, 4), -1, np.int16),
+        boxes=np.empty((count, shards.MAX_PATCHES, 4), np.int16),
         reason=np.empty(count, np.uint8),
     )
+
+
+def shard_data(sources: SourceSet, settings: dict[str, Any], seed: int, rows: range,
+               out: shards.ChunkData | None = None) -> shards.ChunkData:
+    """Make examples ``rows`` into the stored arrays (one row per example), filled in
+    place so that a task holds one copy of its shard.
+
+    ``out``: arrays of :func:`shard_arrays` with at least ``len(rows)`` rows and the
+    sources' shape, to fill and return the first rows of (a worker's arrays, reused from
+    shard to shard: numpy's new arrays cost a page fault per 4 KiB at their first touch,
+    0.12 CPU ms per 256 px ELPV example, 3% of the engine; ``bench/generation.py``
+    measures the store path); every value of those rows is overwritten."""
+    count = len(rows)
+    if out is None:
+        out = shard_arrays(count, sources.shape)
+    elif len(out) < count or out.images.shape[1:] != sources.shape:
+        raise ValueError(f"arrays for {len(out)} examples of {out.images.shape[1:]} cannot "
+                         f"hold {count} of {sources.shape}")
+    data = out.rows(0, count)
+    data.boxes.fill(-1)
     scalars = []  # (image label, dest, source, reason) per row, stored once at the end
     for row, index in enumerate(rows):
         example = make_example(sources, settings, seed, index)
         data.images[row] = example.image
-        shards.label_to_mask(example.label, out=data.masks[row])
+        shards.label_to_mask(example.label, data.masks[row], example.label_window or (0,) * 4)
         if example.boxes:
             data.boxes[row, :len(example.boxes)] = example.boxes[:shards.MAX_PATCHES]
         scalars.append((example.image_label, example.dest_index, example.source_index,
@@ -107,18 +126,29 @@ def write_shard(path: Path | Location, sources: SourceSet, settings: dict[str, A
 
 
 def _fill_shard(store: shards.Store, sources: SourceSet, settings: dict[str, Any], seed: int,
-                shard: int) -> int:
+                shard: int, arrays: shards.ChunkData | None = None) -> int:
     span = store.shard_slice(shard)
-    store.write_shard(shard, shard_data(sources, settings, seed, range(span.start, span.stop)))
+    store.write_shard(shard, shard_data(sources, settings, seed, range(span.start, span.stop),
+                                        arrays))
     return span.stop - span.start
 
 
-#: What the Ray worker running this module holds for the run it last worked for: (run
-#: token, opened store, sources). Its next tasks of that run skip opening the store (~10
-#: metadata reads and checks, ~4 ms) and deserializing the SourceSet (~7 ms for ELPV's
-#: 441 images), which cost a 64-example shard 8% of its time. One run at a time: a task of
-#: another run replaces it, so a worker keeps at most one SourceSet mapped.
-_worker_run: tuple[str, shards.Store, SourceSet] | None = None
+@dataclass
+class _WorkerRun:
+    """What the Ray worker running this module holds for the run it last worked for: its
+    next tasks of that run skip opening the store (~10 metadata reads and checks, ~4 ms)
+    and deserializing the SourceSet (~7 ms for ELPV's 441 images), which cost a
+    64-example shard 8% of its time, and fill the same shard arrays. One run at a time: a
+    task of another run replaces it, so a worker keeps at most one SourceSet mapped and
+    one shard's arrays."""
+
+    run: str
+    store: shards.Store
+    sources: SourceSet
+    arrays: shards.ChunkData
+
+
+_worker_run: _WorkerRun | None = None
 
 
 def _write_shard_task(run: str, path: Path | Location, sources_ref: list[Any],
@@ -136,12 +166,15 @@ def _write_shard_task(run: str, path: Path | Location, sources_ref: list[Any],
     global _worker_run
     cv2.setNumThreads(1)
     blosc.set_nthreads(1)
-    if _worker_run is None or _worker_run[0] != run:
-        _worker_run = None  # let the last run's sources go before fetching these
+    if _worker_run is None or _worker_run.run != run:
+        _worker_run = None  # let the last run's sources and arrays go before the new ones
         store = shards.open_store(path, allow_incomplete=True, mode="r+")
-        _worker_run = (run, store, ray.get(sources_ref[0]))
-    _, store, sources = _worker_run
-    return _fill_shard(store, sources, settings, seed, shard)
+        sources = ray.get(sources_ref[0])
+        rows = store.shard_slice(0)
+        _worker_run = _WorkerRun(run, store, sources,
+                                 shard_arrays(rows.stop - rows.start, sources.shape))
+    held = _worker_run
+    return _fill_shard(held.store, held.sources, settings, seed, shard, held.arrays)
 
 
 def _check_options(n: int, seed: int, workers: int | None, chunk_size: int, resume: bool,

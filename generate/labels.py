@@ -33,6 +33,19 @@ def disk_median(values: np.ndarray) -> np.ndarray:
     return rank.median(padded, _DISK)[r:-r, r:-r]
 
 
+def label_window(boxes: Sequence[tuple[int, int, int, int]], height: int,
+                 width: int) -> tuple[int, int, int, int] | None:
+    """The window (y0, x0, y1, x1) of an (height, width) label outside which
+    :func:`label_map` leaves every pixel 0: the bounding box of ``boxes`` plus the
+    filters' reach (5 pixels), within the image; None without boxes (all zero)."""
+    if not boxes:
+        return None
+    margin = DISK_RADIUS
+    return (max(min(b[0] for b in boxes) - margin, 0), max(min(b[1] for b in boxes) - margin, 0),
+            min(max(b[2] for b in boxes) + margin, height),
+            min(max(b[3] for b in boxes) + margin, width))
+
+
 def label_map(dest: np.ndarray, result: np.ndarray, region: np.ndarray,
               boxes: Sequence[tuple[int, int, int, int]], label_mode: str, tol: float,
               logistic_params: Sequence[float], factor: float = 1.0) -> np.ndarray:
@@ -44,13 +57,10 @@ def label_map(dest: np.ndarray, result: np.ndarray, region: np.ndarray,
     """
     height, width, channels = dest.shape
     label = np.zeros((height, width), np.float32)
-    if not boxes:
+    window = label_window(boxes, height, width)
+    if window is None:
         return label
-    margin = DISK_RADIUS
-    y0 = max(min(b[0] for b in boxes) - margin, 0)
-    x0 = max(min(b[1] for b in boxes) - margin, 0)
-    y1 = min(max(b[2] for b in boxes) + margin, height)
-    x1 = min(max(b[3] for b in boxes) + margin, width)
+    y0, x0, y1, x1 = window
     diff = cv2.absdiff(dest[y0:y1, x0:x1], result[y0:y1, x0:x1])
     # channel sums of |change| are integers: mean > tol  <=>  sum > channels * tol
     change = diff.reshape(y1 - y0, x1 - x0) if channels == 1 else diff.sum(

@@ -163,20 +163,31 @@ class ChunkData:
         return np.frombuffer(digest.digest(), dtype=np.uint8).copy()
 
 
-def label_to_mask(label: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def label_to_mask(label: np.ndarray, out: np.ndarray | None = None,
+                  window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Quantise an (H, W) float label map to the stored (H, W, 1) uint8: round(255 *
     clip(label, 0, 1)) in the label's dtype, halves to even (as ``np.rint``).
 
     ``out``: an (H, W, 1) uint8 array to write into (a row of a shard's ``masks``),
-    returned. A float32 label within [0, 1], as the synthesis makes, takes one pass of
-    OpenCV's ``convertScaleAbs`` (the same bytes as numpy's multiply and rint in float32,
-    checked on every 97th float32 in [0, 1]) at a fifth of numpy's CPU."""
+    returned. ``window``: (y0, x0, y1, x1) outside which ``label`` is 0, so that only
+    the window is read (an example's ``label_window``; an empty window for an all-zero
+    label); by default the whole label. A float32 label within [0, 1], as the synthesis
+    makes, takes one pass of OpenCV's ``convertScaleAbs`` (the same bytes as numpy's
+    multiply and rint in float32, checked on every 97th float32 in [0, 1]) at a fifth of
+    numpy's CPU."""
     if out is None:
         out = np.empty((*label.shape, 1), np.uint8)
-    if label.dtype == np.float32 and label.min() >= 0 and label.max() <= 1:
-        cv2.convertScaleAbs(label, out[..., 0], 255.0)
+    rows, columns = slice(None), slice(None)
+    if window is not None:
+        out.fill(0)
+        rows, columns = slice(window[0], window[2]), slice(window[1], window[3])
+    part, into = label[rows, columns], out[rows, columns, 0]
+    if part.size == 0:
+        return out
+    if part.dtype == np.float32 and part.min() >= 0 and part.max() <= 1:
+        cv2.convertScaleAbs(part, into, 255.0)
     else:  # other dtypes, values outside [0, 1] (|x| and inf go wrong above), NaN
-        out[..., 0] = np.rint(np.clip(label, 0.0, 1.0) * 255.0).astype(np.uint8)
+        into[...] = np.rint(np.clip(part, 0.0, 1.0) * 255.0).astype(np.uint8)
     return out
 
 
@@ -416,6 +427,7 @@ class Store:
         self._arrays = {name: _writing_empty_chunks(array)
                         for name, array in (arrays or {}).items()}
         self._encoders: dict[str, ShardEncoder | None] = {}
+        self._shard_files: dict[str, np.ndarray] = {}  # one per array, see _write_rows
 
     @property
     def complete(self) -> bool:
@@ -588,9 +600,11 @@ class Store:
         if encoder is None or rows.stop - rows.start != encoder.shard_shape[0]:
             await array.async_array.setitem(rows, values)
             return
-        blob = await asyncio.to_thread(encoder.encode, values)
+        if name not in self._shard_files:  # reused shard after shard: see ShardEncoder
+            self._shard_files[name] = np.empty(encoder.max_bytes, np.uint8)
+        blob = await asyncio.to_thread(encoder.encode, values, self._shard_files[name])
         key = array.metadata.encode_chunk_key((shard,) + (0,) * (values.ndim - 1))
-        await (array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(blob))
+        await (array.store_path / key).set(default_buffer_prototype().buffer.from_array_like(blob))
 
     def write_chunk(self, index: int, data: ChunkData) -> None:
         """Rewrite chunk ``index`` of every array in place (zarr reads, changes and writes

@@ -31,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 from nsa.generate import patches as geometry
-from nsa.generate.labels import label_map
+from nsa.generate.labels import label_map, label_window
 from nsa.generate.objects import object_mask
 from nsa.generate.poisson import poisson_blend
 from nsa.generate.presets import SynthesisSettings, parse_settings
@@ -63,6 +63,8 @@ class Example:
     dest_index: int = -1
     source_index: int = -1
     patches: list[geometry.PatchRecord] = field(default_factory=list)  # every attempted patch
+    #: (y0, x0, y1, x1) outside which ``label`` is 0, or None when all of it is 0
+    label_window: tuple[int, int, int, int] | None = None
 
 
 def check_image_pair(dest: np.ndarray, src: np.ndarray, settings: dict[str, Any]) -> None:
@@ -144,7 +146,8 @@ class _Synthesizer:
         else:
             reason = next(r.reason for r in self.records if r.reason)
         return Example(image=self.result, label=label, image_label=image_label,
-                       boxes=list(self.boxes), reason=reason, patches=self.records)
+                       boxes=list(self.boxes), reason=reason, patches=self.records,
+                       label_window=label_window(self.boxes, self.height, self.width))
 
     # -- one patch -------------------------------------------------------------------
     def _patch(self, record: geometry.PatchRecord) -> None:

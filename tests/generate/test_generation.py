@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 from nsa.generate import shards
-from nsa.generate.generation import generate_store, write_shard
+from nsa.generate.generation import generate_store, shard_arrays, shard_data, write_shard
 from nsa.generate.images import load_images
 from nsa.generate.presets import resolve_settings
 from nsa.generate.sources import folder_source, mvtec_source
@@ -59,6 +59,21 @@ def test_stored_examples_are_make_example_of_their_index(source, reference):
         assert group["labels"][index] == example.image_label
         assert group["dest_index"][index] == example.dest_index
         assert SKIP_REASONS[group["reason"][index]] == example.reason
+
+
+def test_shard_arrays_used_again_hold_what_new_ones_would(source):
+    settings = resolve_settings("bottle", {"size": SIZE})
+    sources = prepare_sources(load_images(source.files, SIZE), settings)
+    used = shard_arrays(12, sources.shape)
+    for array in (used.images, used.masks, used.boxes, used.reason):
+        array.fill(93)  # what another shard left there
+    for rows in (range(0, 12), range(12, 17)):  # a whole shard, then a short last one
+        again = shard_data(sources, settings, 0, rows, used)
+        anew = shard_data(sources, settings, 0, rows)
+        for name in shards.EXAMPLE_ARRAYS:
+            assert np.array_equal(getattr(again, name), getattr(anew, name)), name
+    with pytest.raises(ValueError, match="cannot hold"):
+        shard_data(sources, settings, 0, range(13), used)
 
 
 def test_another_seed_gives_other_examples(source, reference, local_ray, tmp_path):

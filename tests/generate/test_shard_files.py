@@ -96,3 +96,17 @@ def test_a_shard_of_another_shape_or_dtype_is_refused(tmp_path):
         encoder.encode(np.zeros(15, np.int32))
     with pytest.raises(ValueError, match="a shard is"):
         encoder.encode(np.zeros(16, np.int64))
+
+
+def test_a_shard_file_encoded_into_a_used_buffer_is_the_one_encoded_anew(tmp_path):
+    shards.create_store(tmp_path / "s.zarr", n=N, height=12, width=12, channels=1,
+                        chunk_size=CHUNK, shard_chunks=SHARD_CHUNKS, attrs=ATTRS)
+    encoder = shard_encoder(shards.open_store(tmp_path / "s.zarr", allow_incomplete=True)
+                            .array("images"))
+    buffer = np.full(encoder.max_bytes, 7, np.uint8)
+    noisy, flat = _data(slice(0, 16), 12, 1).images, np.zeros((16, 12, 12, 1), np.uint8)
+    assert len(encoder.encode(noisy, buffer)) > len(encoder.encode(flat))
+    again = encoder.encode(flat, buffer)  # shorter than what the buffer held before
+    assert bytes(again) == bytes(encoder.encode(flat))
+    with pytest.raises(ValueError, match="needs"):
+        encoder.encode(flat, buffer[:-1])

@@ -73,6 +73,17 @@ def test_label_to_mask_rounds_255_times_the_clipped_label_halves_to_even(dtype):
     assert np.abs(mask[..., 0].astype(int) - expected).max() <= 1
 
 
+def test_label_to_mask_in_a_window_zeroes_the_rest_of_a_used_row():
+    label = np.zeros((12, 16), np.float32)
+    label[3:7, 5:11] = np.random.default_rng(1).random((4, 6))
+    row = np.full((12, 16, 1), 99, np.uint8)  # a shard row that held another example
+    assert shards.label_to_mask(label, row, (2, 4, 8, 12)) is row
+    assert np.array_equal(row, shards.label_to_mask(label))
+    assert not shards.label_to_mask(label * 0, row, (0, 0, 0, 0)).any()  # all-zero label
+    label[0, 0] = 1.0  # outside the window: the caller vouched it is 0, so it is not read
+    assert shards.label_to_mask(label, row, (2, 4, 8, 12))[0, 0, 0] == 0
+
+
 def test_written_chunk_reads_back_identically_including_the_short_last_chunk(tmp_path):
     store = _store(tmp_path)
     last = store.read_chunk(2)

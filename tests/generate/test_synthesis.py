@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from nsa.generate import patches as geometry
 from nsa.generate.presets import SettingsError, resolve_settings
 from nsa.generate.rng import example_rng
+from nsa.generate.shards import label_to_mask
 from nsa.generate.synthesis import (
     SKIP_REASONS,
     Example,
@@ -346,6 +347,13 @@ def test_any_valid_settings_and_image_size_give_a_valid_example(
     assert example.label.min() >= 0.0 and example.label.max() <= 1.0
     assert example.image_label == int(example.label.max() > 0)
     assert example.reason in SKIP_REASONS and len(example.boxes) <= num_patches
+    window = example.label_window  # the label is 0 outside it: stores quantise it alone
+    in_window = np.zeros((height, width), bool)
+    if window is not None:
+        in_window[window[0]:window[2], window[1]:window[3]] = True
+    assert not example.label[~in_window].any()
+    assert np.array_equal(label_to_mask(example.label, window=window or (0,) * 4),
+                          label_to_mask(example.label))
 
 
 @pytest.mark.parametrize("dest,src,message", [
