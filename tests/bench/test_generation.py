@@ -25,13 +25,13 @@ def test_a_failing_engine_process_is_an_error_not_a_hang():
 def test_store_path_figures_split_a_shards_cpu_into_engine_filling_and_writing(
         monkeypatch, tmp_path):
     generation = bench_script("generation")
-    monkeypatch.setattr(generation, "REPEATS", 1)
+    monkeypatch.setattr(generation, "REPEATS", 2)
     monkeypatch.setattr(generation.shards, "DEFAULT_CHUNK_SIZE", 4)
     figures = generation.store_path_cpu("mono", 32, 2, tmp_path)
     assert 0 < figures.engine_ms < 1e3 and 0 < figures.write_ms < 1e3
     assert figures.fill_ms > 0
-    store = generation.shards.open_store(tmp_path / "path0.zarr", allow_incomplete=True)
-    assert store.n == 8 and store.written_chunks().all()
+    store = generation.shards.open_store(tmp_path / "path.zarr", allow_incomplete=True)
+    assert store.n == 16 and store.written_chunks().all()  # one shard per repeat
 
 
 def test_rounds_across_a_change_of_machine_speed_are_left_out_of_the_figures():
