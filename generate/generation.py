@@ -102,8 +102,7 @@ def shard_data(sources: SourceSet, settings: dict[str, Any], seed: int, rows: ra
     data.boxes.fill(-1)
     scalars = []  # (image label, dest, source, reason) per row, stored once at the end
     for row, index in enumerate(rows):
-        example = make_example(sources, settings, seed, index)
-        data.images[row] = example.image
+        example = make_example(sources, settings, seed, index, data.images[row])
         shards.label_to_mask(example.label, data.masks[row], example.label_window or (0,) * 4)
         if example.boxes:
             data.boxes[row, :len(example.boxes)] = example.boxes[:shards.MAX_PATCHES]

@@ -108,7 +108,8 @@ class _Synthesizer:
 
     def __init__(self, dest: np.ndarray, src: np.ndarray, p: SynthesisSettings,
                  rng: np.random.Generator, dest_object: np.ndarray | None,
-                 src_object: np.ndarray | None, src_integral: np.ndarray | None = None):
+                 src_object: np.ndarray | None, src_integral: np.ndarray | None = None,
+                 image_out: np.ndarray | None = None):
         self.dest, self.src, self.p, self.rng = dest, src, p, rng
         self.height, self.width = dest.shape[:2]
         self.bounds = geometry.WidthBounds.from_fractions(p.width_bounds, self.height, self.width)
@@ -118,7 +119,11 @@ class _Synthesizer:
         self.src_object = src_object if self.objects else None
         self.src_integral = (src_integral if src_integral is not None
                              else _integral(self.src_object)) if self.objects else None
-        self.result = dest.copy()
+        if image_out is None:
+            self.result = dest.copy()
+        else:  # blended in place there: no second copy of the image
+            self.result = image_out
+            np.copyto(image_out, dest)
         self.region = np.zeros((self.height, self.width), bool)
         self.boxes: list[geometry.Box] = []
         self.records: list[geometry.PatchRecord] = []
@@ -361,13 +366,15 @@ def prepare_sources(images: Sequence[np.ndarray], settings: dict[str, Any]) -> S
     return sources
 
 
-def make_example(sources: SourceSet, settings: dict[str, Any], seed: int,
-                 index: int) -> Example:
+def make_example(sources: SourceSet, settings: dict[str, Any], seed: int, index: int,
+                 image_out: np.ndarray | None = None) -> Example:
     """Example ``index`` of a run seeded with ``seed``: a pure function of its inputs.
 
     Draws the destination and a different source (the same with ``same``) from the
     example's own stream (``pairing = "previous"``: :func:`previous_pair`), then calls
-    the synthesis with cached object masks.
+    the synthesis with cached object masks. ``image_out``: an (H, W, C) uint8 array of
+    the sources' shape (a row of a shard's ``images``) that becomes the example's image,
+    overwritten; by default a new array.
     """
     rng = example_rng(seed, index)
     p = parse_settings(settings)
@@ -388,9 +395,9 @@ def make_example(sources: SourceSet, settings: dict[str, Any], seed: int,
     if p.uses_object_masks:
         masks, integrals = sources.masks_for(p.background)
         example = _Synthesizer(dest, src, p, rng, masks[dest_index], masks[source_index],
-                               integrals[source_index]).run()
+                               integrals[source_index], image_out).run()
     else:
-        example = _Synthesizer(dest, src, p, rng, None, None).run()
+        example = _Synthesizer(dest, src, p, rng, None, None, None, image_out).run()
     example.dest_index, example.source_index = dest_index, source_index
     return example
 

@@ -110,6 +110,17 @@ def test_same_seed_and_index_give_byte_identical_examples(rgb_sources):
         b.boxes, b.reason, b.dest_index, b.source_index)
 
 
+def test_an_example_made_into_a_given_array_is_the_same_example(rgb_sources):
+    settings = resolve_settings("elpv")
+    sources = prepare_sources(rgb_sources, settings)
+    row = np.full(sources.shape, 17, np.uint8)  # a shard row that held another image
+    for index in range(6):
+        into = make_example(sources, settings, 3, index, row)
+        anew = make_example(sources, settings, 3, index)
+        assert into.image is row and np.array_equal(row, anew.image)
+        assert np.array_equal(into.label, anew.label) and into.boxes == anew.boxes
+
+
 def test_different_indices_give_different_examples(gray_sources):
     settings = resolve_settings("elpv")
     sources = prepare_sources(gray_sources, settings)
