@@ -2,10 +2,11 @@
 
 NSA learns from synthetic anomalies; a store where almost no example got one trains a
 model that flags nothing, yet generation itself succeeds. :func:`check_anomaly_rate`
-counts them once the chunks are written and, below :data:`LOW_ANOMALY_RATE`, prints one
-``warning:`` line naming the most common reason an example stayed normal and its likely
-cause (:func:`likely_cause`), and records the same text in the store's ``warnings``
-attribute.
+counts them once the chunks are written and, below :data:`LOW_ANOMALY_RATE`, prints a
+``warning:`` line with indented lines under it: the most common reason an example stayed
+normal, its likely cause (:func:`likely_cause`), and that the store is still usable. The
+store's ``warnings`` attribute records the same text as one line, its parts joined by
+``; ``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ LOW_ANOMALY_RATE = 0.5
 #: 128 px (the same pixel sizes, the same odds at both): no example got an anomaly from
 #: patches under 8 px, about 40% from 8-11 px, 75% from 12-15 px, about 90% or more above.
 SMALL_PATCH = 12
+
+#: The last line of the warning: what the store is good for as it is.
+USABLE = ("the store is complete and can be trained on; with the cause removed and the "
+          "store made again (--overwrite), training has more anomalies to learn from")
 
 #: The likely cause behind each reason an example has no anomaly (``SKIP_REASONS``).
 LIKELY_CAUSES = {
@@ -60,9 +65,10 @@ def too_small(reason: np.ndarray, boxes: np.ndarray, names: Sequence[str]) -> np
 
 
 def likely_cause(reason: np.ndarray, boxes: np.ndarray, names: Sequence[str],
-                 settings: Mapping[str, Any]) -> str:
-    """The ``; most often ...`` clause of the warning: the commonest reason for no
-    anomaly among ``reason`` (N,) and its likely cause, "" when every example got one.
+                 settings: Mapping[str, Any]) -> list[str]:
+    """The warning's detail lines, ``most often ...``, ``likely cause: ...`` and what to
+    try, if anything: the commonest reason for no anomaly among ``reason`` (N,) and its
+    likely cause; none when every example got one.
 
     The cause is the image size when most examples without an anomaly had patches too
     few pixels to leave one (:func:`too_small`; ``boxes`` (N, P, 4) as stored), with a
@@ -73,25 +79,25 @@ def likely_cause(reason: np.ndarray, boxes: np.ndarray, names: Sequence[str],
     counts = np.bincount(reason, minlength=len(names))
     counts[0] = 0  # index 0: an anomaly was made
     if not counts.any():
-        return ""
+        return []
     top = int(np.argmax(counts))
     name = names[top] if top < len(names) else f"reason {top}"
     normal = int(counts.sum())
     small = int(too_small(reason, boxes, names).sum())
+    lines = [f"most often no anomaly because of {name!r} ({int(counts[top]):,} examples)"]
     if 2 * small > normal:
         size = settings.get("size")
         preset_size = PRESETS.get(settings.get("preset"), {}).get("size")
-        larger = (f"a larger --size (the preset's is {preset_size})"
-                  if size and preset_size and size < preset_size else "a larger --size")
-        cause = (f"the images are small for the preset's patches (--size {size}): {small:,} "
-                 f"of the {normal:,} examples without an anomaly had only patches under "
-                 f"{SMALL_PATCH} px across or blending regions under {MIN_BLEND_PIXELS} "
-                 f"pixels, too few pixels to leave a change the label keeps; {larger} "
-                 "makes more anomalies")
+        lines += [f"likely cause: the images are small for the preset's patches at --size "
+                  f"{size} ({small:,} of the {normal:,} examples without an anomaly had only "
+                  f"patches under {SMALL_PATCH} px across or blending regions under "
+                  f"{MIN_BLEND_PIXELS} pixels)",
+                  "a larger --size makes more anomalies"
+                  + (f" (the preset's is {preset_size})"
+                     if size and preset_size and size < preset_size else "")]
     else:
-        cause = LIKELY_CAUSES.get(name, "unknown")
-    return (f"; most often no anomaly because of {name!r} ({int(counts[top]):,} examples), "
-            f"likely cause: {cause}")
+        lines.append(f"likely cause: {LIKELY_CAUSES.get(name, 'unknown')}")
+    return lines
 
 
 def check_anomaly_rate(store: Store) -> str | None:
@@ -107,9 +113,10 @@ def check_anomaly_rate(store: Store) -> str | None:
         return None
     why = likely_cause(np.asarray(store.group["reason"][:]), np.asarray(store.group["boxes"][:]),
                        list(store.attrs.get("reasons", [])), store.attrs.get("settings", {}))
-    message = (f"{store.path}: only {int(labels.sum()):,} of {labels.size:,} examples "
-               f"({rate:.1%}) are anomalous{why}")
-    print(f"warning: {message}", file=sys.stderr)
+    parts = [f"{store.path}: only {int(labels.sum()):,} of {labels.size:,} examples "
+             f"({rate:.1%}) are anomalous", *why, USABLE]
+    print("warning: " + "\n  ".join(parts), file=sys.stderr)
+    message = "; ".join(parts)
     warnings = list(store.attrs.get("warnings", []))
     if message not in warnings:  # a resumed store is checked again
         warnings.append(message)
