@@ -225,6 +225,20 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+class _NoDashboardErrors(logging.Filter):
+    """Drops the errors of Ray's ``start_api_server`` while a local Ray starts.
+
+    ``ray.init`` starts Ray's dashboard process even with ``include_dashboard=False`` (as
+    an API server) and, when it has not registered within a minute, logs four ERROR
+    lines and goes on without it (Ray 2.60, ``ray/_private/services.py``; seen on a
+    machine at load 16, and with ``RAY_DASHBOARD_STARTUP_TIMEOUT_S=0``). The commands use
+    no dashboard, so those lines only alarm; a Ray that does not start at all is still
+    one ``error:`` line (:func:`_init_error`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != "start_api_server"
+
+
 def _init(address: str | None, option: str, num_cpus: int | None,
           temp_dir: str | None) -> None:
     """``ray.init`` with one-line errors, keeping the caller's SIGTERM handler.
@@ -239,6 +253,8 @@ def _init(address: str | None, option: str, num_cpus: int | None,
              "logging_level": logging.WARNING}
     main_thread = threading.current_thread() is threading.main_thread()
     on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    services_log, quiet_dashboard = logging.getLogger("ray._private.services"), _NoDashboardErrors()
+    services_log.addFilter(quiet_dashboard)
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -257,6 +273,7 @@ def _init(address: str | None, option: str, num_cpus: int | None,
         # ("The current node timed out during startup"), seen on an overloaded machine
         raise _init_error(exc, address, option) from None
     finally:
+        services_log.removeFilter(quiet_dashboard)
         if callable(on_sigterm):  # ray.init replaced it
             signal.signal(signal.SIGTERM, on_sigterm)
 
