@@ -139,7 +139,8 @@ class _WorkerRun:
     and deserializing the SourceSet (~7 ms for ELPV's 441 images), which cost a
     64-example shard 8% of its time, and fill the same shard arrays. One run at a time: a
     task of another run replaces it, so a worker keeps at most one SourceSet mapped and
-    one shard's arrays."""
+    one shard's arrays and files (at most ``MAX_SHARD_BYTES`` each), until then or until
+    the worker exits, which a Ray job's workers do when its driver ends."""
 
     run: str
     store: shards.Store
