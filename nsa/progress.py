@@ -5,6 +5,9 @@ file, a pipe or a dumb terminal: batch logs, ``nohup``, ``ray job submit``, CI) 
 plain lines instead, one every ``NSA_PROGRESS_INTERVAL`` seconds (default 30)::
 
     generating: 12,288/200,000 examples (6.1%)  341.2 examples/s  elapsed 0:00:36  ETA 0:09:10
+
+Work that runs where nobody sees its output (a Ray worker) sends its progress to the
+command instead: :func:`progress_redirected` and :mod:`nsa.progress_relay`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from rich.console import Console
@@ -73,6 +78,11 @@ def time_remaining(task: Task) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
+def task_unit(task: Task, default: str) -> str:
+    """The task's own unit (its ``unit`` field, as a relayed task has), else ``default``."""
+    return str(task.fields.get("unit", default))
+
+
 class RemainingColumn(ProgressColumn):
     """:func:`time_remaining`."""
 
@@ -89,7 +99,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task_speed(task)
-        return Text(f"{'-' if speed is None else f'{speed:,.1f}'} {self.unit}/s")
+        unit = task_unit(task, self.unit)
+        return Text(f"{'-' if speed is None else f'{speed:,.1f}'} {unit}/s")
 
 
 def progress_interval() -> float:
@@ -165,19 +176,27 @@ class ProgressLog(Progress):
     def line(self, task: Task) -> str:
         """``description: done/total unit (percent)  rate unit/s  elapsed H:MM:SS  ETA
         H:MM:SS``; without a total, no percent and no ETA. Rate and ETA come from rich's
-        samples (:func:`task_speed`, :func:`time_remaining`), ``-`` while unknown."""
+        samples (:func:`task_speed`, :func:`time_remaining`), ``-`` while unknown; the
+        unit is the task's own when it has one (:func:`task_unit`)."""
         speed = task_speed(task)
         rate = "-" if speed is None else f"{speed:,.1f}"
+        unit = task_unit(task, self.unit)
         done = f"{task.completed:,.0f}"
         if task.total is None:
-            done += f" {self.unit}"
+            done += f" {unit}"
         else:
-            done += f"/{task.total:,.0f} {self.unit} ({task.percentage:.1f}%)"
-        parts = [f"{task.description}: {done}", f"{rate} {self.unit}/s",
+            done += f"/{task.total:,.0f} {unit} ({task.percentage:.1f}%)"
+        parts = [f"{task.description}: {done}", f"{rate} {unit}/s",
                  f"elapsed {TimeElapsedColumn().render(task).plain}"]
         if task.total is not None:
             parts.append(f"ETA {time_remaining(task)}")
         return "  ".join(parts)
+
+    def write_last(self, task: Task) -> None:
+        """Write ``task``'s line now (its last, before it leaves the display)."""
+        with self._lock_lines:
+            self.console.print(self.line(task), markup=False, highlight=False, emoji=False,
+                               soft_wrap=True)
 
     def _progressed(self, task: Task) -> bool:
         return task.id in self._initial and task.completed != self._initial[task.id]
@@ -202,15 +221,52 @@ class ProgressLog(Progress):
                                    soft_wrap=True)
 
 
+#: What :func:`progress_bar` returns instead of a bar in this context, when set.
+_REDIRECT: ContextVar[Callable[[str], Any] | None] = ContextVar("nsa_progress_redirect",
+                                                                default=None)
+
+
+@contextmanager
+def progress_redirected(make: Callable[[str], Any]) -> Iterator[None]:
+    """In the body (in this thread, or this Ray task), :func:`progress_bar` ``(unit)``
+    returns ``make(unit)``: an object taking the calls the stages make on a bar
+    (``start``, ``stop``, ``add_task``, ``update``, ``advance``, ``disable``, ``with``),
+    such as :class:`nsa.progress_relay.ProgressSender`, which sends them to the command
+    that draws them."""
+    token = _REDIRECT.set(make)
+    try:
+        yield
+    finally:
+        _REDIRECT.reset(token)
+
+
+def end_task(progress: Progress, task_id: TaskID) -> None:
+    """Show task ``task_id`` once more as it is now, its last state (a line in a log, its
+    row printed above the bars on a terminal), and take it off the display: for a task
+    that ends while the others go on."""
+    task = next(task for task in progress.tasks if task.id == task_id)
+    if not progress.disable:
+        if isinstance(progress, ProgressLog):
+            progress.write_last(task)
+        else:
+            progress.console.print(progress.make_tasks_table([task]))
+    progress.remove_task(task_id)
+
+
 def progress_bar(unit: str = "examples") -> Progress:
     """Progress on stderr showing done/total, rate in ``unit``/s, elapsed time and ETA:
     rich's bar on a terminal, else plain lines (:class:`ProgressLog`) at the interval of
     :func:`progress_interval`.
 
-    Put changing figures (a loss, say) in the task description with ``update``. Writing
-    to stderr keeps stdout clean for the tables the commands print. Raises UserError for
-    a wrong ``NSA_PROGRESS_INTERVAL``, terminal or not.
+    Put changing figures (a loss, say) in the task description with ``update``; a task
+    added with a ``unit`` field counts in that unit. Writing to stderr keeps stdout clean
+    for the tables the commands print. Raises UserError for a wrong
+    ``NSA_PROGRESS_INTERVAL``, terminal or not. Inside :func:`progress_redirected`,
+    what that makes instead (neither drawn nor checked here).
     """
+    redirect = _REDIRECT.get()
+    if redirect is not None:
+        return redirect(unit)
     interval = progress_interval()
     console = Console(file=sys.stderr)
     if not console.is_interactive:  # a file, a pipe or TERM=dumb: rich would not redraw

@@ -4,7 +4,9 @@ Locally, jobs run one after another in this process, each generate -> train -> e
 With ``address``, the driver joins the cluster: generation of each job spreads its chunks
 over every CPU of the cluster (nsa-gen's own Ray tasks), and as soon as a job's store is
 finished its training and evaluation are submitted as one Ray task that asks for a GPU
-when the cluster has one, so several jobs train at once on a multi-GPU cluster.
+when the cluster has one, so several jobs train at once on a multi-GPU cluster. With
+progress on, the command shows the progress of every running job's stages, each task
+labelled with the job's name, as the stages send it (:mod:`nsa.progress_relay`).
 
 Either way a failed job is reported and the others finish; the stages it did finish keep
 their markers, so running the same command again redoes only what is missing. Every
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from nsa.pipelines.stages import (
 from nsa.train.checkpoint import CONFIG_FILE, MODEL_FILE
 
 from nsa.errors import UserError, os_error, writing
+from nsa.progress_relay import relayed_progress, sending_progress
 from nsa.ray_session import ray_session
 
 LOG_FILE = "pipeline-log.jsonl"
@@ -69,8 +73,8 @@ class JobOutcome:
 
 
 def _ended(outcome: JobOutcome, progress: bool) -> None:
-    """Say on stderr that a job has ended (with ``progress``), as the jobs end: a
-    pipeline's training and evaluation on Ray show no progress of their own."""
+    """Say on stderr that a job has ended (with ``progress``), as the jobs end (on Ray,
+    in the order they end)."""
     if progress:
         print(f"ended: {outcome.line()}", file=sys.stderr, flush=True)
 
@@ -92,31 +96,41 @@ def _error_line(exc: BaseException) -> str:
     return f"unexpected error: {last}"
 
 
-def _train_and_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool
+def _progress_to(queue: Any, plan: JobPlan) -> AbstractContextManager[None]:
+    """In its body, the stages' progress goes to ``queue`` labelled with the job's name
+    (:func:`~nsa.progress_relay.sending_progress`); drawn here when ``queue`` is None."""
+    return nullcontext() if queue is None else sending_progress(queue, plan.job.name)
+
+
+def _train_and_evaluate(config: PipelineConfig, plan: JobPlan, progress: bool,
+                        progress_queue: Any = None
                         ) -> tuple[list[tuple[str, bool]], dict[str, Any] | None, str | None]:
     """Train then evaluate one job, in the process (and on the node) Ray runs it in.
     When the output root is on S3 the job works in a staging folder of its own, made for
     it in this process's temporary folder (the driver's may not exist on this node) and
-    removed whole at the end, and sends its work back also when a stage fails. Returns
-    the stages passed, each with whether it did work; the metrics; and the one-line error
-    that stopped the job."""
-    passed: list[tuple[str, bool]] = []
-    try:
-        if config.out_url is None:
-            return _stages(config, plan, progress, passed)
-        with tempfile.TemporaryDirectory(prefix="nsa-pipeline-job-") as staging:
-            plan = replace(plan, job=replace(plan.job,
-                                             directory=Path(staging) / plan.job.name))
-            metrics = _done_in_bucket(config.out_url, plan)
-            if metrics is not None:
-                return [("train", False), ("evaluate", False)], metrics, None
-            fetched = fetch_job(config.out_url, plan.job.name, plan.job.directory)
-            try:
+    removed whole at the end, and sends its work back also when a stage fails. With
+    ``progress_queue`` (the command's :class:`~nsa.progress_relay.ProgressRelay` queue),
+    the stages' progress is sent there instead of drawn here. Returns the stages passed,
+    each with whether it did work; the metrics; and the one-line error that stopped the
+    job."""
+    with _progress_to(progress_queue, plan):
+        passed: list[tuple[str, bool]] = []
+        try:
+            if config.out_url is None:
                 return _stages(config, plan, progress, passed)
-            finally:
-                send_job(config.out_url, plan.job.name, plan.job.directory, fetched)
-    except Exception as exc:  # one failed job must not stop the others
-        return passed, None, _error_line(exc)
+            with tempfile.TemporaryDirectory(prefix="nsa-pipeline-job-") as staging:
+                plan = replace(plan, job=replace(plan.job,
+                                                 directory=Path(staging) / plan.job.name))
+                metrics = _done_in_bucket(config.out_url, plan)
+                if metrics is not None:
+                    return [("train", False), ("evaluate", False)], metrics, None
+                fetched = fetch_job(config.out_url, plan.job.name, plan.job.directory)
+                try:
+                    return _stages(config, plan, progress, passed)
+                finally:
+                    send_job(config.out_url, plan.job.name, plan.job.directory, fetched)
+        except Exception as exc:  # one failed job must not stop the others
+            return passed, None, _error_line(exc)
 
 
 def _stages(config: PipelineConfig, plan: JobPlan, progress: bool,
@@ -215,30 +229,39 @@ def run_pipeline(config: PipelineConfig, *, address: str | None = None,
 
 def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
                     ) -> list[JobOutcome]:
+    """Generate each job's store here, then train and evaluate it as a Ray task. With
+    ``progress``, every stage's progress (generation here included, so that one display
+    draws it all) goes through one relay, each task labelled with its job's name; a
+    job's last progress is drawn before its ``ended:`` line."""
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
     remote = ray.remote(num_gpus=1 if gpus >= 1 else 0, num_cpus=1,
                         max_retries=0)(_train_and_evaluate)
     outcomes, pending = [], {}
-    for plan in plans:
-        outcome = JobOutcome(plan.job.name, plan.job.category, plan.job.seed)
-        outcomes.append(outcome)
-        try:
-            if _generate(config, plan, progress):
-                outcome.ran.append("generate")
-            pending[len(outcomes) - 1] = remote.remote(config, plan, False)
-        except Exception as exc:
-            outcome.error = _error_line(exc)
-            _ended(outcome, progress)
-    waiting = {ref: index for index, ref in pending.items()}
-    while waiting:  # in the order the jobs end
-        (ref,), _ = ray.wait(list(waiting), num_returns=1)
-        index = waiting.pop(ref)
-        try:
-            _finish(config, outcomes[index], ray.get(ref))
-        except Exception as exc:  # the task itself lost (its worker died)
-            cause = getattr(exc, "cause", None) or exc
-            outcomes[index].error = _error_line(cause)
-        _ended(outcomes[index], progress)
+    with relayed_progress("examples", progress) as relay:
+        queue = relay.queue if relay is not None else None
+        for plan in plans:
+            outcome = JobOutcome(plan.job.name, plan.job.category, plan.job.seed)
+            outcomes.append(outcome)
+            try:
+                with _progress_to(queue, plan):
+                    if _generate(config, plan, progress):
+                        outcome.ran.append("generate")
+                pending[len(outcomes) - 1] = remote.remote(config, plan, progress, queue)
+            except Exception as exc:
+                outcome.error = _error_line(exc)
+                _ended(outcome, progress)
+        waiting = {ref: index for index, ref in pending.items()}
+        while waiting:  # in the order the jobs end
+            (ref,), _ = ray.wait(list(waiting), num_returns=1)
+            index = waiting.pop(ref)
+            try:
+                _finish(config, outcomes[index], ray.get(ref))
+            except Exception as exc:  # the task itself lost (its worker died)
+                cause = getattr(exc, "cause", None) or exc
+                outcomes[index].error = _error_line(cause)
+            if relay is not None:
+                relay.flush()
+            _ended(outcomes[index], progress)
     return outcomes

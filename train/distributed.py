@@ -68,11 +68,12 @@ def train_with_ray(config: TrainConfig, run_dir: Path, device: torch.device) -> 
     run_dir = run_dir.resolve()
     storage = run_dir / RAY_STORAGE
     with ray_session(config.address, None), \
-            relayed_progress("examples", config.progress) as progress_queue:
+            relayed_progress("examples", config.progress) as relay:
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"config": asdict(config), "run_dir": str(run_dir),
-                               "use_gpu": use_gpu, "progress_queue": progress_queue},
+                               "use_gpu": use_gpu,
+                               "progress_queue": relay.queue if relay else None},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
             run_config=RunConfig(

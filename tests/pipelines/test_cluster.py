@@ -60,13 +60,24 @@ def _submit(cluster: Cluster, entrypoint: list[str], cwd: Path,
 
 def test_ray_job_submit_runs_the_pipeline_on_the_cluster(cluster, tiny_config,
                                                         two_categories, tmp_path):
+    """... and the command's log shows each job's progress, its stages on the cluster's
+    workers included: lines labelled with the job's name, each stage's last one (100%)
+    before the job's ``ended:`` line."""
     out = tmp_path / "out"
     config = tiny_config(tmp_path / "c.toml", two_categories, out, seeds=(0,))
     job = _submit(cluster, [str(BIN / "nsa-pipeline"), "run", str(config), "--address",
-                            "auto", "--no-progress"], tmp_path)
+                            "auto"], tmp_path)
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
     assert "succeeded" in job.stdout
     assert "bottle/seed0: ran generate, train, evaluate" in job.stdout
+    log = job.stdout.splitlines()
+    for name in ("bottle/seed0", "zipper/seed0"):
+        ended = log.index(f"ended: {name}: ran generate, train, evaluate")
+        for stage, unit in (("generating", "examples"), ("training loss ", "examples"),
+                            ("evaluating ", "images")):
+            lasts = [i for i, line in enumerate(log) if line.startswith(f"{name} {stage}")
+                     and f" {unit} (100.0%)  " in line and line.endswith("ETA 0:00:00")]
+            assert lasts and lasts[-1] < ended, (name, stage, log)
     for category in ("bottle", "zipper"):
         metrics = json.loads((out / category / "seed0" / "eval" / "metrics.json").read_text())
         assert 0.0 <= metrics["mean"]["image_auroc"] <= 1.0
