@@ -57,10 +57,10 @@ class ShardEncoder:
         least :attr:`max_bytes`, overwritten) when given, else a new array.
 
         Each inner chunk is copied into the file as soon as it is compressed, so a
-        writer that passes the same ``out`` shard after shard touches no new memory
-        (a new 43 MB file and its 16 compressed parts cost ~23 page faults per 256 px
-        ELPV example, 0.05 CPU ms). Raises ValueError for any other shape or dtype, or
-        an ``out`` too small."""
+        writer that passes the same ``out`` shard after shard makes no new file each
+        time: writing a 256 px ELPV shard took 23 page faults per example with a new
+        43 MB file, 11 with ``out`` (those of Blosc's own buffer for each chunk). Raises
+        ValueError for any other shape or dtype, or an ``out`` too small."""
         if values.shape != self.shard_shape or values.dtype != self.dtype:
             raise ValueError(f"a shard is {self.shard_shape} {self.dtype}, "
                              f"not {values.shape} {values.dtype}")
