@@ -395,9 +395,9 @@ def make_example(sources: SourceSet, settings: dict[str, Any], seed: int, index:
     if p.uses_object_masks:
         masks, integrals = sources.masks_for(p.background)
         example = _Synthesizer(dest, src, p, rng, masks[dest_index], masks[source_index],
-                               integrals[source_index], image_out).run()
+                               integrals[source_index], image_out=image_out).run()
     else:
-        example = _Synthesizer(dest, src, p, rng, None, None, None, image_out).run()
+        example = _Synthesizer(dest, src, p, rng, None, None, image_out=image_out).run()
     example.dest_index, example.source_index = dest_index, source_index
     return example
 
