@@ -72,11 +72,11 @@ class JobOutcome:
         return f"{self.name}: ran {', '.join(self.ran) or 'nothing (all done before)'}"
 
 
-def _ended(outcome: JobOutcome, progress: bool) -> None:
-    """Say on stderr that a job has ended (with ``progress``), as the jobs end (on Ray,
-    in the order they end)."""
-    if progress:
-        print(f"ended: {outcome.line()}", file=sys.stderr, flush=True)
+def _ended(outcome: JobOutcome) -> None:
+    """Say on stderr that a job has ended, as the jobs end (on Ray, in the order they
+    end), with or without progress: one line per job, which a long pipeline's log needs
+    most when it shows no bars."""
+    print(f"ended: {outcome.line()}", file=sys.stderr, flush=True)
 
 
 def _log(out: Path, job: str, stage: str, ran: bool) -> None:
@@ -193,10 +193,10 @@ def _run_local(config: PipelineConfig, plan: JobPlan, progress: bool) -> JobOutc
             outcome.ran.append("generate")
     except Exception as exc:  # one failed job must not stop the others
         outcome.error = _error_line(exc)
-        _ended(outcome, progress)
+        _ended(outcome)
         return outcome
     _finish(config, outcome, _train_and_evaluate(config, plan, progress))
-    _ended(outcome, progress)
+    _ended(outcome)
     return outcome
 
 
@@ -251,7 +251,7 @@ def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
                 pending[len(outcomes) - 1] = remote.remote(config, plan, progress, queue)
             except Exception as exc:
                 outcome.error = _error_line(exc)
-                _ended(outcome, progress)
+                _ended(outcome)
         waiting = {ref: index for index, ref in pending.items()}
         while waiting:  # in the order the jobs end
             (ref,), _ = ray.wait(list(waiting), num_returns=1)
@@ -263,5 +263,5 @@ def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
                 outcomes[index].error = _error_line(cause)
             if relay is not None:
                 relay.flush()
-            _ended(outcomes[index], progress)
+            _ended(outcomes[index])
     return outcomes

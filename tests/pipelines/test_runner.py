@@ -119,6 +119,12 @@ def test_killed_after_the_first_category_a_rerun_does_only_what_is_missing(
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    ended = [line for line in rerun.stderr.splitlines() if line.startswith("ended: ")]
+    assert ended[:2] == [f"ended: {job}: ran nothing (all done before)"  # said without
+                         for job in sorted(first_done)], rerun.stderr  # progress too
+    assert [line.split(": ran ")[0] for line in ended[2:]] == [
+        f"ended: {CATEGORIES[1]}/seed{seed}" for seed in (0, 1)]
+    assert all(line.endswith("train, evaluate") for line in ended[2:]), rerun.stderr
     after = _log(out)[len(before):]
     assert all(not e["ran"] for e in after if e["job"] in first_done)
     for job in (f"{CATEGORIES[1]}/seed{seed}" for seed in (0, 1)):
