@@ -42,8 +42,8 @@ class ProgressSender:
     """What a worker uses in place of :func:`~nsa.progress.progress_bar`: ``start``,
     ``stop``, ``add_task``, ``update``, ``advance``, ``disable`` and ``with`` (as rich's
     ``Progress`` takes them) put each task's state on ``queue``, a dict of ``key`` (the
-    sender's task, unique across workers), ``description`` (after ``label``, when
-    given), ``total``, ``completed``, ``unit`` and ``ended``; a task's first and last
+    sender's task, unique across workers), ``label``, ``description`` (after ``label``,
+    when given), ``total``, ``completed``, ``unit`` and ``ended``; a task's first and last
     state always, the others at most every :data:`SEND_INTERVAL_S`. Nothing is sent
     while ``disable`` is true."""
 
@@ -68,7 +68,7 @@ class ProgressSender:
     def add_task(self, description: str, total: float | None = None,
                  completed: float = 0, **_: Any) -> int:
         task = len(self._states)
-        self._states.append({"key": f"{self._sender}/{task}",
+        self._states.append({"key": f"{self._sender}/{task}", "label": self.label,
                              "description": self._labelled(description), "total": total,
                              "completed": completed, "unit": self.unit, "ended": False})
         self._sent_at.append(-math.inf)
@@ -138,21 +138,29 @@ class ProgressRelay:
         self.unit = unit
         self._started = False
         self._tasks: dict[str, TaskID] = {}  # sender's key -> the bar's task
+        self._labels: dict[str, str | None] = {}  # sender's key -> its sender's label
         self._flushed = threading.Event()
         self._ended = threading.Event()
         self._thread = threading.Thread(target=self._relay, name="nsa-progress-relay",
                                         daemon=True)
 
-    def flush(self) -> None:
+    def flush(self, label: str | None = None) -> None:
         """Return once every state put on the queue before this call has been drawn
         (a job's last, before the command says the job ended), or after
-        :data:`FLUSH_TIMEOUT_S`. Call it from one thread only."""
+        :data:`FLUSH_TIMEOUT_S`; then, with ``label``, take the tasks of that label still
+        shown off the display without a last line (those of a job whose worker died:
+        their senders never sent their last state, and drawing it again after the job's
+        ``ended:`` line would say it still runs). Call it from one thread only."""
         self._flushed.clear()
-        self.queue.put({_FLUSH: True})
+        self.queue.put({_FLUSH: True, "label": label})
         self._flushed.wait(FLUSH_TIMEOUT_S)
 
     def _show(self, state: dict[str, Any]) -> None:
         if _FLUSH in state:
+            if state.get("label") is not None:
+                for key in [key for key, label in self._labels.items()
+                            if label == state["label"]]:
+                    self._forget(key)
             self._flushed.set()
             return
         key = state["key"]
@@ -163,15 +171,25 @@ class ProgressRelay:
             self._tasks[key] = self.bar.add_task(
                 state["description"], total=state["total"], completed=state["completed"],
                 unit=state.get("unit", self.unit))
+            self._labels[key] = state.get("label")
         else:
             self.bar.update(self._tasks[key], description=state["description"],
                             total=state["total"], completed=state["completed"])
         if state.get("ended"):
             task = self._tasks.pop(key)
+            del self._labels[key]
             if isinstance(self.bar, ProgressSender):  # a relay in a worker: sent on
                 self.bar.end(task)
             else:
                 end_task(self.bar, task)
+
+    def _forget(self, key: str) -> None:
+        task = self._tasks.pop(key)
+        del self._labels[key]
+        if isinstance(self.bar, ProgressSender):
+            self.bar.end(task)
+        else:
+            self.bar.remove_task(task)
 
     def _relay(self) -> None:
         from ray.util.queue import Empty

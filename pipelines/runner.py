@@ -262,6 +262,6 @@ def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
                 cause = getattr(exc, "cause", None) or exc
                 outcomes[index].error = _error_line(cause)
             if relay is not None:
-                relay.flush()
+                relay.flush(plans[index].job.name)
             _ended(outcomes[index])
     return outcomes

@@ -3,8 +3,11 @@ draws each sender's task as a task of its own (here a log: plain lines)."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from nsa.progress import progress_bar
 from nsa.progress_relay import relayed_progress, sending_progress
@@ -59,3 +62,27 @@ def test_two_workers_sending_at_once_are_two_tasks_each_with_its_last_state(
         "zipper/seed1 counting: 12/12 images (100.0%)"]
     assert all(line.endswith("ETA 0:00:00") for line in lasts)
     assert capfd.readouterr().err.strip() == ""  # the relay's end repeats nothing
+
+
+def test_a_job_whose_sender_never_ended_is_taken_off_without_a_line_after_it(
+        local_ray, capfd):
+    """A worker that dies never sends its task's last state: flushing the job's label
+    takes the task off, so that nothing of the job is drawn after its ``ended:`` line."""
+    import ray
+
+    @ray.remote(num_cpus=1, max_retries=0)
+    def dies(queue) -> None:
+        with sending_progress(queue, "lost/seed0"):
+            bar = progress_bar("examples")
+            task = bar.add_task("training", total=10)
+            bar.update(task, completed=3)
+            raise RuntimeError("the worker died")  # before the bar's stop
+
+    with relayed_progress("examples") as relay:
+        with pytest.raises(ray.exceptions.RayTaskError):
+            ray.get(dies.remote(relay.queue))
+        relay.flush("lost/seed0")
+        assert relay.bar.tasks == []
+        capfd.readouterr()
+        print("ended: lost/seed0: FAILED", file=sys.stderr)
+    assert capfd.readouterr().err == "ended: lost/seed0: FAILED\n"
