@@ -31,8 +31,9 @@ LOW_ANOMALY_RATE = 0.5
 SMALL_PATCH = 12
 
 #: The last line of the warning: what the store is good for as it is.
-USABLE = ("the store is complete and can be trained on; with the cause removed and the "
-          "store made again (--overwrite), training has more anomalies to learn from")
+USABLE = ("the store is complete and usable; made again with the cause removed (nsa-gen "
+          "--overwrite; a pipeline does so when its [generate] settings change), it gives "
+          "training more anomalies to learn from")
 
 #: The likely cause behind each reason an example has no anomaly (``SKIP_REASONS``).
 LIKELY_CAUSES = {
@@ -66,9 +67,8 @@ def too_small(reason: np.ndarray, boxes: np.ndarray, names: Sequence[str]) -> np
 
 def likely_cause(reason: np.ndarray, boxes: np.ndarray, names: Sequence[str],
                  settings: Mapping[str, Any]) -> list[str]:
-    """The warning's detail lines, ``most often ...``, ``likely cause: ...`` and what to
-    try, if anything: the commonest reason for no anomaly among ``reason`` (N,) and its
-    likely cause; none when every example got one.
+    """The warning's detail lines: how many examples stayed normal (``reason`` (N,)
+    other than 0) and why, with what to try; none when every example got an anomaly.
 
     The cause is the image size when most examples without an anomaly had patches too
     few pixels to leave one (:func:`too_small`; ``boxes`` (N, P, 4) as stored), with a
@@ -84,20 +84,19 @@ def likely_cause(reason: np.ndarray, boxes: np.ndarray, names: Sequence[str],
     name = names[top] if top < len(names) else f"reason {top}"
     normal = int(counts.sum())
     small = int(too_small(reason, boxes, names).sum())
-    lines = [f"most often no anomaly because of {name!r} ({int(counts[top]):,} examples)"]
     if 2 * small > normal:
         size = settings.get("size")
         preset_size = PRESETS.get(settings.get("preset"), {}).get("size")
-        lines += [f"likely cause: the images are small for the preset's patches at --size "
-                  f"{size} ({small:,} of the {normal:,} examples without an anomaly had only "
-                  f"patches under {SMALL_PATCH} px across or blending regions under "
-                  f"{MIN_BLEND_PIXELS} pixels)",
-                  "a larger --size makes more anomalies"
-                  + (f" (the preset's is {preset_size})"
-                     if size and preset_size and size < preset_size else "")]
-    else:
-        lines.append(f"likely cause: {LIKELY_CAUSES.get(name, 'unknown')}")
-    return lines
+        preset = (f"; the preset's is {preset_size}"
+                  if size and preset_size and size < preset_size else "")
+        return [f"{normal:,} stayed normal, {small:,} of them because their patches were too "
+                f"small at --size {size} (under {SMALL_PATCH} px across, or blending regions "
+                f"under {MIN_BLEND_PIXELS} pixels)",
+                "a larger size makes more anomalies: --size (a pipeline's [generate] size)"
+                + preset]
+    return [f"{normal:,} stayed normal, most often for the reason {name!r} "
+            f"({int(counts[top]):,} examples)",
+            f"likely cause: {LIKELY_CAUSES.get(name, 'unknown')}"]
 
 
 def check_anomaly_rate(store: Store) -> str | None:
@@ -114,7 +113,7 @@ def check_anomaly_rate(store: Store) -> str | None:
     why = likely_cause(np.asarray(store.group["reason"][:]), np.asarray(store.group["boxes"][:]),
                        list(store.attrs.get("reasons", [])), store.attrs.get("settings", {}))
     parts = [f"{store.path}: only {int(labels.sum()):,} of {labels.size:,} examples "
-             f"({rate:.1%}) are anomalous", *why, USABLE]
+             f"({rate:.1%}) are anomalous, under {LOW_ANOMALY_RATE:.0%}", *why, USABLE]
     print("warning: " + "\n  ".join(parts), file=sys.stderr)
     message = "; ".join(parts)
     warnings = list(store.attrs.get("warnings", []))

@@ -27,18 +27,19 @@ def test_patches_too_few_pixels_blame_the_size_and_suggest_the_presets():
     reason = np.array([0, 0, CHANGE, CHANGE, CHANGE, TOO_SMALL, TOO_SMALL])
     boxes = _boxes([20, 20, SMALL_PATCH - 1, 6, 30, 0, 0])
     why = " ".join(likely_cause(reason, boxes, NAMES, ELPV_64))
-    assert "'no-change' (3 examples)" in why
-    assert "at --size 64 (4 of the 5 examples without an anomaly" in why
-    assert f"under {SMALL_PATCH} px" in why
-    assert "a larger --size makes more anomalies (the preset's is 256)" in why
-    assert "contrast" not in why
+    assert "5 stayed normal, 4 of them because their patches were too small at --size 64" \
+        in why and f"under {SMALL_PATCH} px" in why
+    assert "a larger size makes more anomalies: --size (a pipeline's [generate] size); " \
+        "the preset's is 256" in why
+    assert "contrast" not in why and "'no-change'" not in why  # no reason codes here
 
 
 def test_no_change_in_patches_of_fair_size_blames_the_contrast():
     reason = np.array([CHANGE] * 5 + [TOO_SMALL])
     why = " ".join(likely_cause(reason, _boxes([SMALL_PATCH, 15, 20, 30, 6, 0]), NAMES,
                                   ELPV_64))
-    assert "'no-change' (5 examples)" in why and "contrast" in why and "--size" not in why
+    assert "6 stayed normal, most often for the reason 'no-change' (5 examples)" in why
+    assert "contrast" in why and "--size" not in why
 
 
 def test_the_size_hint_needs_most_normal_examples_small_and_the_presets_size_to_name_it():
@@ -47,7 +48,7 @@ def test_the_size_hint_needs_most_normal_examples_small_and_the_presets_size_to_
     assert "contrast" in " ".join(likely_cause(reason, boxes, NAMES, ELPV_64))
     why = " ".join(likely_cause(reason, _boxes([6, 6, 6, 20]), NAMES,
                                 {"preset": "elpv", "size": 512}))
-    assert "at --size 512" in why and "a larger --size makes" in why and "preset's is" not in why
+    assert "at --size 512" in why and "a larger size makes" in why and "preset's is" not in why
     assert likely_cause(np.zeros(3, int), _boxes([20] * 3), NAMES, ELPV_64) == []
 
 
@@ -62,9 +63,9 @@ def test_the_stores_warning_carries_the_size_hint(tmp_path, capsys):
     message = check_anomaly_rate(store)
     assert "1 of 4 examples (25.0%)" in message and "at --size 64" in message
     head, *details = capsys.readouterr().err.splitlines()  # one line per part, indented
-    assert head == f"warning: {path}: only 1 of 4 examples (25.0%) are anomalous"
-    assert [line[:2] for line in details] == ["  "] * 4 and details[-1] == f"  {USABLE}"
-    assert details[1].startswith("  likely cause: the images are small")
+    assert head == f"warning: {path}: only 1 of 4 examples (25.0%) are anomalous, under 50%"
+    assert [line[:2] for line in details] == ["  "] * 3 and details[-1] == f"  {USABLE}"
+    assert details[0].startswith("  3 stayed normal, 3 of them because their patches")
     assert "; ".join([head.removeprefix("warning: "), *(line[2:] for line in details)]) \
         == message
     assert shards.open_store(path, allow_incomplete=True).attrs["warnings"] == [message]

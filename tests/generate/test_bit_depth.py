@@ -79,7 +79,8 @@ def test_nsa_gen_records_the_white_level_and_warns_about_a_store_without_anomali
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("warning: ") and "0 of 8 examples" in err[0]
     assert all(line.startswith("  ") for line in err[1:]) and len(err) == 4
-    assert "'no-change'" in err[1] and "contrast" in err[2]
+    assert "8 stayed normal, most often for the reason 'no-change'" in err[1]
+    assert err[2].startswith("  likely cause: ") and "contrast" in err[2]
     assert opened.attrs["warnings"] == [
         "; ".join([err[0].removeprefix("warning: "), *(line[2:] for line in err[1:])])]
     info = dict(line.split(":", 1) for line in shards.format_summary(opened.summary())
