@@ -23,6 +23,16 @@ app = App(
 _DEFAULTS = TrainConfig()
 
 
+@app.callback()
+def _group(
+    version: bool = typer.Option(
+        False, "--version", callback=show_version, is_eager=True,
+        help="Print the version and exit."),
+) -> None:
+    """The program's own options (``--version``; its arguments go to ``train`` unless
+    they start with a command's name, see :class:`~nsa.default_command.DefaultCommandGroup`)."""
+
+
 #: Options whose --help shows TrainConfig's default; the others default to None.
 _WITH_DEFAULTS = ("batch_size", "lr", "min_lr", "seed", "device", "loader_workers",
                   "shuffle_chunks", "checkpoint_every", "log_every", "predictions",
@@ -36,7 +46,7 @@ def _given_here(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-@app.command("train")
+@app.command("train", short_help="Train the NSA model on shard stores (nsa-gen).")
 def main(
     ctx: typer.Context,
     shards: list[str] = typer.Option(
@@ -144,7 +154,7 @@ def default_run_dir(stores: list[str]) -> Path:
     return Path("runs") / "+".join(names)
 
 
-app.command("export")(export_command)
+app.command("export", short_help="Export a trained run to ONNX or TorchScript.")(export_command)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,13 @@ def test_a_missing_store_is_one_line_and_exit_2(tmp_path):
     assert result.output.strip().splitlines() == [f"error: {tmp_path / 'none.zarr'}: no such store"]
 
 
-def test_version_prints_the_package_version():
+def test_version_prints_the_package_version_and_the_programs_help_lists_it():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == nsa.__version__
+    shown = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    assert "--version" in shown
+    assert "train   Train the NSA model on shard stores (nsa-gen)." in shown  # one line each
+    assert "export  Export a trained run to ONNX or TorchScript." in shown
 
 
 def test_without_out_the_run_goes_to_runs_and_the_store_names(tmp_path, make_store,
