@@ -312,7 +312,8 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()}, the working folder)"
+        raise ConfigError(f"{path}: no such config file{where}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a config file") from None
     except OSError as exc:  # permission denied: exit 2; an I/O error: exit 1

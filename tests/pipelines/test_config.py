@@ -156,9 +156,15 @@ def test_other_source_kinds_are_checked_too(tmp_path, text, message):
     assert message in str(info.value)
 
 
-def test_missing_config_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="no such config file"):
+def test_missing_config_file_is_named_with_the_folder_a_relative_name_was_looked_for_in(
+        tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"no such config file$"):
         load_config(tmp_path / "absent.toml")
+    monkeypatch.chdir(tmp_path)  # a `ray job submit` entry point runs in the head's folder
+    with pytest.raises(ConfigError) as info:
+        load_config(Path("absent.toml"))
+    assert str(info.value) == (f"absent.toml: no such config file (looked in {tmp_path}, "
+                               "the working folder)")
 
 
 def test_missing_folders_stop_the_pipeline_before_any_job(tmp_path, mvtec_root):
