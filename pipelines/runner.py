@@ -96,6 +96,21 @@ def _error_line(exc: BaseException) -> str:
     return f"unexpected error: {last}"
 
 
+def _lost_task_line(exc: Exception) -> str:
+    """The error of a job whose Ray task did not return: its worker or node gone (said in
+    our words: Ray's own sends the user to log files without saying where), else the
+    error the task raised."""
+    import ray
+
+    again = "running the same command again redoes what is missing"
+    if isinstance(exc, ray.exceptions.OutOfMemoryError):
+        return f"Ray stopped the worker running it: its node ran low on memory; {again}"
+    if isinstance(exc, ray.exceptions.WorkerCrashedError | ray.exceptions.NodeDiedError):
+        return (f"the Ray worker running it died (killed, or out of memory) or its node "
+                f"left the cluster; {again}")
+    return _error_line(getattr(exc, "cause", None) or exc)
+
+
 def _progress_to(queue: Any, plan: JobPlan) -> AbstractContextManager[None]:
     """In its body, the stages' progress goes to ``queue`` labelled with the job's name
     (:func:`~nsa.progress_relay.sending_progress`); drawn here when ``queue`` is None."""
@@ -259,8 +274,7 @@ def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
             try:
                 _finish(config, outcomes[index], ray.get(ref))
             except Exception as exc:  # the task itself lost (its worker died)
-                cause = getattr(exc, "cause", None) or exc
-                outcomes[index].error = _error_line(cause)
+                outcomes[index].error = _lost_task_line(exc)
             if relay is not None:
                 relay.flush(plans[index].job.name)
             _ended(outcomes[index])

@@ -133,3 +133,16 @@ def test_killed_after_the_first_category_a_rerun_does_only_what_is_missing(
                    and e["ran"]]
             assert len(ran) == 1, (job, stage, ran)
     assert "| bottle | 2 |" in rerun.stdout and "| zipper | 2 |" in rerun.stdout
+
+
+def test_a_job_whose_ray_worker_died_says_so_in_our_words():
+    import ray
+
+    from nsa.pipelines.runner import _lost_task_line
+
+    died = _lost_task_line(ray.exceptions.WorkerCrashedError())
+    assert died.startswith("the Ray worker running it died (killed, or out of memory)")
+    assert died.endswith("running the same command again redoes what is missing")
+    assert "python-core-worker" not in died  # Ray's own words name no folder
+    assert "ran low on memory" in _lost_task_line(ray.exceptions.OutOfMemoryError("x"))
+    assert _lost_task_line(ValueError("y")) == "unexpected error: ValueError: y"
