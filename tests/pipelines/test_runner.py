@@ -137,7 +137,6 @@ def test_killed_after_the_first_category_a_rerun_does_only_what_is_missing(
 
 def test_a_job_whose_ray_worker_died_says_so_in_our_words():
     import ray
-
     from nsa.pipelines.runner import _lost_task_line
 
     died = _lost_task_line(ray.exceptions.WorkerCrashedError())
