@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import typer
@@ -48,7 +49,12 @@ def run(
     """
     with cli_errors():
         parsed = load_config(config, out)
-        outcomes = run_pipeline(parsed, address=address, progress=progress)
+        try:
+            outcomes = run_pipeline(parsed, address=address, progress=progress)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, `ray job stop`: say how to go on
+            print("note: the stages finished so far are kept; the same command again does "
+                  "only what is missing", file=sys.stderr)
+            raise
         rows = summarise(outcomes)
         md, csv_path = write_summary(rows, parsed.out)
         print(md.read_text())

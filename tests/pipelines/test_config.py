@@ -311,3 +311,14 @@ def test_a_mistyped_url_is_one_error_line_not_a_local_folder(tmp_path, monkeypat
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert result.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]  # no s3: folder
+
+
+def test_an_interrupted_pipeline_says_that_running_it_again_goes_on(tmp_path, monkeypatch):
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt  # Ctrl-C (or SIGTERM, `ray job stop`) while jobs run
+
+    monkeypatch.setattr("nsa.pipelines.cli.run_pipeline", interrupted)
+    result = CliRunner().invoke(app, ["run", str(write(tmp_path, BASE)), "--no-progress"])
+    assert result.exit_code == 130
+    assert result.stderr == ("note: the stages finished so far are kept; the same command "
+                             "again does only what is missing\ninterrupted\n")
