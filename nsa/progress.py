@@ -34,6 +34,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from nsa.errors import UserError
@@ -93,8 +94,8 @@ class RemainingColumn(ProgressColumn):
 class RateColumn(ProgressColumn):
     """Completed units per second (:func:`task_speed`), ``- unit/s`` while unknown."""
 
-    def __init__(self, unit: str) -> None:
-        super().__init__()
+    def __init__(self, unit: str, table_column: Column | None = None) -> None:
+        super().__init__(table_column)
         self.unit = unit
 
     def render(self, task: Task) -> Text:
@@ -271,14 +272,25 @@ def progress_bar(unit: str = "examples") -> Progress:
     console = Console(file=sys.stderr)
     if not console.is_interactive:  # a file, a pipe or TERM=dumb: rich would not redraw
         return ProgressLog(unit, interval, console)
+    return terminal_bar(unit, console)
+
+
+def terminal_bar(unit: str, console: Console) -> Progress:
+    """rich's bars on ``console`` (a terminal): description, bar, done/total, rate, elapsed
+    time, ETA. Each task keeps one line: the bar takes what the line leaves (at least 5
+    columns) and the figures never wrap, so that on an 80-column terminal a long
+    description (a job's name and a loss) shrinks the bar, not the rate's unit."""
+    fixed = {"table_column": Column(no_wrap=True)}
     return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(unit),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        RemainingColumn(),
+        TextColumn("[bold]{task.description}",
+                   table_column=Column(no_wrap=True, overflow="ellipsis")),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5)),
+        MofNCompleteColumn(**fixed),
+        RateColumn(unit, **fixed),
+        TimeElapsedColumn(**fixed),
+        TextColumn("ETA", **fixed),
+        RemainingColumn(**fixed),
         console=console,
         refresh_per_second=TERMINAL_REFRESH_PER_SECOND,
+        expand=True,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from nsa.errors import UserError
-from nsa.progress import DEFAULT_INTERVAL, ProgressLog, progress_bar, progress_interval
+from nsa.progress import (
+    DEFAULT_INTERVAL,
+    ProgressLog,
+    progress_bar,
+    progress_interval,
+    terminal_bar,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -162,6 +169,20 @@ def test_a_terminal_keeps_richs_bar(monkeypatch):
     assert "━" in shown and "4/4" in shown and "chunks/s" in shown  # the bar, redrawn
     assert "\x1b[" in shown  # with the cursor moves of a redrawn display
     assert "verifying: " not in shown and "elapsed" not in shown
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_terminal_bar_keeps_each_task_on_one_line_with_its_rate_unit(width):
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+    bar = terminal_bar("examples", console)
+    bar.add_task("mono/seed0 training loss 0.2381", total=160, completed=160)
+    bar.add_task("mono/seed1 evaluating elpv-mono", total=516, completed=32, unit="images")
+    console.print(bar.make_tasks_table(bar.tasks))
+    lines = console.file.getvalue().splitlines()
+    assert len(lines) == 2 and all(len(line) <= width for line in lines)
+    assert lines[0].startswith("mono/seed0 training loss 0.2381 ━")  # the loss stays
+    assert re.search(r" 160/160 - examples/s +0:00:00 ETA -:--:--$", lines[0])
+    assert re.search(r" 32/516 - images/s +0:00:00 ETA -:--:--$", lines[1])
 
 
 def test_a_rate_and_an_eta_wait_for_samples_over_5_s():
