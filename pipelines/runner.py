@@ -266,6 +266,8 @@ def _run_on_cluster(config: PipelineConfig, plans: list[JobPlan], progress: bool
                 pending[len(outcomes) - 1] = remote.remote(config, plan, progress, queue)
             except Exception as exc:
                 outcome.error = _error_line(exc)
+                if relay is not None:  # its generation's last line before its end
+                    relay.flush(plan.job.name)
                 _ended(outcome)
         waiting = {ref: index for index, ref in pending.items()}
         while waiting:  # in the order the jobs end
