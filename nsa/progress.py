@@ -196,8 +196,10 @@ class ProgressLog(Progress):
     def write_last(self, task: Task) -> None:
         """Write ``task``'s line now (its last, before it leaves the display)."""
         with self._lock_lines:
-            self.console.print(self.line(task), markup=False, highlight=False, emoji=False,
-                               soft_wrap=True)
+            self._write(self.line(task))
+
+    def _write(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
     def _progressed(self, task: Task) -> bool:
         return task.id in self._initial and task.completed != self._initial[task.id]
@@ -218,8 +220,7 @@ class ProgressLog(Progress):
                 return
             self._written_at, self._last_lines = now, lines
             for line in lines:
-                self.console.print(line, markup=False, highlight=False, emoji=False,
-                                   soft_wrap=True)
+                self._write(line)
 
 
 #: What :func:`progress_bar` returns instead of a bar in this context, when set.
