@@ -101,7 +101,8 @@ def likely_cause(reason: np.ndarray, boxes: np.ndarray, names: Sequence[str],
 
 def check_anomaly_rate(store: Store) -> str | None:
     """Warn (stderr and ``attrs["warnings"]``) when under :data:`LOW_ANOMALY_RATE` of the
-    store's written examples are anomalous; return the warning, or None when none is due.
+    store's written examples are anomalous; return the warning as recorded (without the
+    store's path, which the printed one starts with), or None when none is due.
 
     Reads the (N,) ``labels`` and ``reason`` and (N, P, 4) ``boxes`` arrays and the
     ``settings`` of ``store`` (opened ``r+``).
@@ -112,10 +113,10 @@ def check_anomaly_rate(store: Store) -> str | None:
         return None
     why = likely_cause(np.asarray(store.group["reason"][:]), np.asarray(store.group["boxes"][:]),
                        list(store.attrs.get("reasons", [])), store.attrs.get("settings", {}))
-    parts = [f"{store.path}: only {int(labels.sum()):,} of {labels.size:,} examples "
-             f"({rate:.1%}) are anomalous, under {LOW_ANOMALY_RATE:.0%}", *why, USABLE]
-    print("warning: " + "\n  ".join(parts), file=sys.stderr)
-    message = "; ".join(parts)
+    parts = [f"only {int(labels.sum()):,} of {labels.size:,} examples ({rate:.1%}) are "
+             f"anomalous, under {LOW_ANOMALY_RATE:.0%}", *why, USABLE]
+    print(f"warning: {store.path}: " + "\n  ".join(parts), file=sys.stderr)
+    message = "; ".join(parts)  # recorded without the path: the store may move
     warnings = list(store.attrs.get("warnings", []))
     if message not in warnings:  # a resumed store is checked again
         warnings.append(message)

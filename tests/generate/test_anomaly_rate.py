@@ -66,6 +66,6 @@ def test_the_stores_warning_carries_the_size_hint(tmp_path, capsys):
     assert head == f"warning: {path}: only 1 of 4 examples (25.0%) are anomalous, under 50%"
     assert [line[:2] for line in details] == ["  "] * 3 and details[-1] == f"  {USABLE}"
     assert details[0].startswith("  3 stayed normal, 3 of them because their patches")
-    assert "; ".join([head.removeprefix("warning: "), *(line[2:] for line in details)]) \
-        == message
+    assert "; ".join([head.removeprefix(f"warning: {path}: "),
+                      *(line[2:] for line in details)]) == message  # recorded without path
     assert shards.open_store(path, allow_incomplete=True).attrs["warnings"] == [message]

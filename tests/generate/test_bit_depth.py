@@ -82,7 +82,8 @@ def test_nsa_gen_records_the_white_level_and_warns_about_a_store_without_anomali
     assert "8 stayed normal, most often for the reason 'no-change'" in err[1]
     assert err[2].startswith("  likely cause: ") and "contrast" in err[2]
     assert opened.attrs["warnings"] == [
-        "; ".join([err[0].removeprefix("warning: "), *(line[2:] for line in err[1:])])]
+        "; ".join([err[0].removeprefix(f"warning: {store}: "),
+                   *(line[2:] for line in err[1:])])]
     info = dict(line.split(":", 1) for line in shards.format_summary(opened.summary())
                 .splitlines())
     assert info["warnings"].strip() == opened.attrs["warnings"][0]
