@@ -160,7 +160,7 @@ class ProgressRelay:
             if state.get("label") is not None:
                 for key in [key for key, label in self._labels.items()
                             if label == state["label"]]:
-                    self._forget(key)
+                    self._take_off(key, last_line=False)
             self._flushed.set()
             return
         key = state["key"]
@@ -176,18 +176,17 @@ class ProgressRelay:
             self.bar.update(self._tasks[key], description=state["description"],
                             total=state["total"], completed=state["completed"])
         if state.get("ended"):
-            task = self._tasks.pop(key)
-            del self._labels[key]
-            if isinstance(self.bar, ProgressSender):  # a relay in a worker: sent on
-                self.bar.end(task)
-            else:
-                end_task(self.bar, task)
+            self._take_off(key, last_line=True)
 
-    def _forget(self, key: str) -> None:
+    def _take_off(self, key: str, last_line: bool) -> None:
+        """Take sender task ``key`` off the display, drawing its last state once when
+        ``last_line`` (in a worker's relay, its end is sent on either way)."""
         task = self._tasks.pop(key)
         del self._labels[key]
         if isinstance(self.bar, ProgressSender):
             self.bar.end(task)
+        elif last_line:
+            end_task(self.bar, task)
         else:
             self.bar.remove_task(task)
 
